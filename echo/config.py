@@ -1,0 +1,163 @@
+"""Settings: read from the environment and a ``.env`` file, validated in one place.
+
+Every value is checked at start-up. A bad one raises :class:`ConfigError`, whose
+message is the single line the entry points print before exiting with status 2.
+Durations are given in milliseconds (as in the original Node.js app) and stored
+in seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from dotenv import dotenv_values
+
+from echo.origins import Origin, parse_origin
+from echo.text import preview
+
+T = TypeVar("T")
+
+MAX_DURATION_MS = 86_400_000  # one day: longer waits are a typo, not a wish
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; ``str()`` is one printable line."""
+
+    def __init__(self, name: str, value: str, expected: str) -> None:
+        self.name = name
+        self.value = value
+        self.expected = expected
+        super().__init__(f"invalid {name}={preview(value, 80)}: expected {expected}")
+
+
+def load_environment(
+    environ: Mapping[str, str] | None = None, env_file: str | Path = ".env"
+) -> dict[str, str]:
+    """Merge ``env_file`` (if it exists) under ``environ``; the real environment wins."""
+    merged: dict[str, str] = {}
+    path = Path(env_file)
+    if path.is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+class Reader:
+    """Typed accessors over an environment mapping; each raises ConfigError on bad input."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str, default: str) -> str:
+        return self.env.get(name, default).strip()
+
+    def integer(self, name: str, default: int, low: int, high: int, what: str = "") -> int:
+        text = self.raw(name, str(default))
+        expected = what or f"an integer from {low} to {high}"
+        if not re.fullmatch(r"[+-]?\d{1,19}", text):
+            raise ConfigError(name, text, expected)
+        value = int(text)
+        if not low <= value <= high:
+            raise ConfigError(name, text, expected)
+        return value
+
+    def duration(self, name: str, default_ms: int, low_ms: int = 1) -> float:
+        """Milliseconds in the environment, seconds in the program."""
+        expected = f"a duration in milliseconds from {low_ms} to {MAX_DURATION_MS}"
+        return self.integer(name, default_ms, low_ms, MAX_DURATION_MS, expected) / 1000
+
+    def boolean(self, name: str, default: bool) -> bool:
+        text = self.raw(name, "true" if default else "false").lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ConfigError(name, text, "true or false")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        text = self.raw(name, default).lower()
+        if text not in choices:
+            raise ConfigError(name, text, "one of " + ", ".join(choices))
+        return text
+
+    def custom(self, name: str, default: str, parse: Callable[[str], T], expected: str) -> T:
+        text = self.raw(name, default)
+        try:
+            return parse(text)
+        except ValueError:
+            raise ConfigError(name, text, expected) from None
+
+
+def parse_host(text: str) -> str:
+    """A bind address: an IPv4/IPv6 literal or a DNS name."""
+    candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        pass
+    labels = candidate.removesuffix(".").split(".")
+    if len(candidate) <= 253 and all(_LABEL.match(label) for label in labels):
+        return candidate
+    raise ValueError(text)
+
+
+def parse_origins(text: str) -> tuple[bool, frozenset[Origin]]:
+    """``*`` admits any origin; otherwise a comma-separated list of exact origins."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if "*" in items:
+        return True, frozenset()
+    return False, frozenset(parse_origin(item) for item in items)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything the server needs to know, already validated."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    any_origin: bool = False
+    allowed_origins: frozenset[Origin] = frozenset()
+    allow_missing_origin: bool = False
+    max_connections: int = 100
+    max_connections_per_ip: int = 0
+    max_message_size: int = 1_048_576
+    heartbeat_interval: float = 30.0
+    handshake_timeout: float = 10.0
+    shutdown_timeout: float = 10.0
+    compression: bool = True
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
+        r = Reader(env)
+        any_origin, origins = r.custom(
+            "ALLOWED_ORIGINS",
+            "http://localhost:3000,ws://localhost:8080",
+            parse_origins,
+            "'*' or a comma-separated list of scheme://host[:port]",
+        )
+        return cls(
+            host=r.custom("HOST", "0.0.0.0", parse_host, "an IP address or host name"),
+            port=r.integer("PORT", 8080, 0, 65535),
+            any_origin=any_origin,
+            allowed_origins=origins,
+            allow_missing_origin=r.boolean("ALLOW_MISSING_ORIGIN", False),
+            max_connections=r.integer("MAX_CONNECTIONS", 100, 1, 1_000_000),
+            max_connections_per_ip=r.integer("MAX_CONNECTIONS_PER_IP", 0, 0, 1_000_000),
+            max_message_size=r.integer("MAX_MESSAGE_SIZE", 1_048_576, 1, 1 << 30),
+            heartbeat_interval=r.duration("HEARTBEAT_INTERVAL", 30_000),
+            handshake_timeout=r.duration("HANDSHAKE_TIMEOUT", 10_000),
+            shutdown_timeout=r.duration("SHUTDOWN_TIMEOUT", 10_000, low_ms=0),
+            compression=r.boolean("COMPRESSION", True),
+            log_level=r.choice("LOG_LEVEL", "info", LOG_LEVELS),
+        )

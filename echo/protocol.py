@@ -1,0 +1,30 @@
+"""Sans-I/O WebSocket rules the server applies on top of aiohttp's frame reader."""
+
+from __future__ import annotations
+
+# RFC 6455 section 7.4: codes a peer may put on the wire. 1004, 1005, 1006 and 1015
+# are reserved (1005/1006/1015 are for reporting only and must never be sent).
+_SENDABLE_BELOW_3000 = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
+
+NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+ABNORMAL_CLOSURE = 1006  # reported locally when the TCP connection ended without a close
+INVALID_PAYLOAD = 1007
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+NO_STATUS = 0  # aiohttp's value for a close frame without a payload
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame."""
+    return code in _SENDABLE_BELOW_3000 or 3000 <= code <= 4999
+
+
+def close_reply(code: int) -> int:
+    """The code to answer a peer's close frame with: echo a valid code, 1002 otherwise."""
+    if code == NO_STATUS:
+        return NORMAL_CLOSURE
+    return code if is_valid_close_code(code) else PROTOCOL_ERROR

@@ -1,0 +1,347 @@
+"""The WebSocket echo server: admission (origin, limits), the echo loop, health, shutdown.
+
+``create_app(settings)`` builds the :class:`aiohttp.web.Application`; ``main()`` is the
+``echo-server`` console script, which reads the settings from the environment and
+serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, hdrs, web
+
+from echo import protocol
+from echo.config import ConfigError, ServerSettings, load_environment
+from echo.limits import ConnectionLimiter, Refusal
+from echo.logs import configure_logging
+from echo.origins import Origin, own_origin, parse_origin
+from echo.text import preview
+
+log = logging.getLogger("echo.server")
+
+RETRY_AFTER_SECONDS = 1
+CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close frame after sending ours
+SHUTDOWN_MESSAGE = b"server shutting down"
+INDEX_TEXT = (
+    "echo: a WebSocket echo server.\n"
+    "Open a WebSocket to this URL (ws:// or wss://) and every message comes back\n"
+    "unchanged: text as text, binary as binary.\n"
+    "Health: GET /healthz\n"
+)
+
+_REFUSAL_STATUS: dict[Refusal, tuple[type[web.HTTPException], str]] = {
+    Refusal.ORIGIN: (web.HTTPForbidden, "origin not allowed"),
+    Refusal.LIMIT: (web.HTTPServiceUnavailable, "too many connections"),
+    Refusal.PER_IP_LIMIT: (web.HTTPTooManyRequests, "too many connections from your address"),
+}
+
+
+@dataclass(slots=True)
+class Connection:
+    """Book-keeping for one open WebSocket, reported when it closes."""
+
+    id: str
+    remote: str
+    opened: float = field(default_factory=time.monotonic)
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    closer: asyncio.Task[bool] | None = None
+
+
+class EchoServer:
+    """Request handlers and the state they share: settings, limiter, open connections."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.limiter = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
+        self.connections: dict[web.WebSocketResponse, Connection] = {}
+        self.started = time.monotonic()
+        self._ids = itertools.count(1)
+
+    # -- HTTP routes ------------------------------------------------------------------
+
+    async def root(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
+            return web.Response(text=INDEX_TEXT)
+        return await self.websocket(request)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "connections": self.limiter.open,
+                "max_connections": self.settings.max_connections,
+                "uptime_seconds": round(time.monotonic() - self.started, 3),
+            },
+            headers={hdrs.CACHE_CONTROL: "no-store"},
+        )
+
+    # -- admission --------------------------------------------------------------------
+
+    def origin_allowed(self, origin: str | None, request: web.Request) -> bool:
+        """Apply ALLOWED_ORIGINS, ALLOW_MISSING_ORIGIN and the same-origin rule."""
+        if origin is None:
+            return self.settings.allow_missing_origin
+        if self.settings.any_origin:
+            return True
+        try:
+            parsed = parse_origin(origin)
+        except ValueError:
+            return False
+        return parsed in self.settings.allowed_origins or parsed == self._page_origin(request)
+
+    @staticmethod
+    def _page_origin(request: web.Request) -> Origin | None:
+        host = request.headers.get(hdrs.HOST)
+        return own_origin(request.scheme, host) if host else None
+
+    def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
+        error, text = _REFUSAL_STATUS[reason]
+        log.info(
+            "refused remote=%s origin=%s reason=%s",
+            request.remote,
+            "-" if origin is None else preview(origin),
+            reason.value,
+        )
+        headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
+        return error(text=text + "\n", headers=headers)
+
+    # -- WebSocket --------------------------------------------------------------------
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if not self.origin_allowed(origin, request):
+            return self.refuse(request, Refusal.ORIGIN, origin)
+        remote = request.remote or "unknown"
+        refusal = self.limiter.try_acquire(remote)
+        if refusal is not None:
+            return self.refuse(request, refusal, origin)
+        try:
+            ws = web.WebSocketResponse(
+                autoping=True,
+                autoclose=False,
+                heartbeat=self.settings.heartbeat_interval,
+                compress=self.settings.compression,
+                # aiohttp refuses a plain frame of exactly max_msg_size bytes but
+                # accepts one byte more when decompressing; serve() checks the rest.
+                max_msg_size=self.settings.max_message_size + 1,
+                decode_text=False,
+                timeout=CLOSE_TIMEOUT,
+            )
+            await ws.prepare(request)
+            conn = Connection(id=f"c{next(self._ids)}", remote=remote)
+            self.connections[ws] = conn
+            log.info(
+                "open id=%s remote=%s origin=%s",
+                conn.id,
+                remote,
+                "-" if origin is None else preview(origin),
+            )
+            try:
+                await self.serve(ws, conn)
+            except ConnectionError:
+                pass  # the peer vanished mid-send: an abnormal closure, not our fault
+            except Exception:
+                log.exception("error id=%s; closing with 1011", conn.id)
+                await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
+            finally:
+                del self.connections[ws]
+                self._log_closed(ws, conn)
+            return ws
+        finally:
+            self.limiter.release(remote)
+
+    async def serve(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+        """Echo every data message back as it came, until the connection ends."""
+        receive = ws.receive
+        send_frame = ws.send_frame
+        debug = log.isEnabledFor(logging.DEBUG)
+        limit = self.settings.max_message_size
+        while True:
+            msg = await receive()
+            kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                data: bytes = msg.data
+                if kind is WSMsgType.TEXT and not _is_utf8(data):
+                    await ws.close(code=protocol.INVALID_PAYLOAD, message=b"invalid UTF-8")
+                    return
+                if len(data) > limit:
+                    log.info(
+                        "protocol error id=%s: message of %d bytes over limit", conn.id, len(data)
+                    )
+                    await ws.close(code=protocol.MESSAGE_TOO_BIG, message=b"message too big")
+                    return
+                conn.messages_in += 1
+                conn.bytes_in += len(data)
+                if debug:
+                    log.debug(
+                        "message id=%s %s %d bytes %s",
+                        conn.id,
+                        kind.name.lower(),
+                        len(data),
+                        preview(data, 60),
+                    )
+                await send_frame(data, kind)
+                conn.messages_out += 1
+                conn.bytes_out += len(data)
+            elif kind is WSMsgType.CLOSE:
+                await ws.close(code=protocol.close_reply(msg.data))
+                return
+            elif kind is WSMsgType.ERROR:
+                # aiohttp has already sent the matching close code (1002, 1007, 1009).
+                log.info("protocol error id=%s: %s", conn.id, preview(str(msg.data)))
+                return
+            else:  # CLOSING (we are shutting down) or CLOSED (the transport went away)
+                if conn.closer is not None:
+                    await asyncio.shield(conn.closer)
+                return
+
+    def _log_closed(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+        log.info(
+            "close id=%s code=%s duration=%.3fs in=%d/%dB out=%d/%dB",
+            conn.id,
+            ws.close_code if ws.close_code is not None else protocol.ABNORMAL_CLOSURE,
+            time.monotonic() - conn.opened,
+            conn.messages_in,
+            conn.bytes_in,
+            conn.messages_out,
+            conn.bytes_out,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def shutdown(self, _app: web.Application | None = None) -> None:
+        """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
+        if not self.connections:
+            return
+        log.info("shutdown: closing %d connection(s)", len(self.connections))
+        closers = []
+        for ws, conn in list(self.connections.items()):
+            conn.closer = asyncio.ensure_future(
+                ws.close(code=protocol.GOING_AWAY, message=SHUTDOWN_MESSAGE)
+            )
+            closers.append(conn.closer)
+        _done, pending = await asyncio.wait(closers, timeout=self.settings.shutdown_timeout)
+        for task in pending:
+            task.cancel()  # aiohttp aborts the transport when its close is cancelled
+        if pending:
+            log.warning("shutdown: %d connection(s) did not close in time", len(pending))
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class ListenError(RuntimeError):
+    """The listening socket could not be opened (address in use, no permission)."""
+
+
+SERVER_KEY = web.AppKey("echo_server", EchoServer)
+
+
+def create_app(settings: ServerSettings) -> web.Application:
+    """Build the application for ``settings``; the EchoServer is at ``app[SERVER_KEY]``."""
+    server = EchoServer(settings)
+    app = web.Application(client_max_size=settings.max_message_size)
+    app[SERVER_KEY] = server
+    app.router.add_get("/", server.root)
+    app.router.add_get("/healthz", server.healthz)
+    app.on_shutdown.append(server.shutdown)
+    return app
+
+
+def dev_app() -> web.Application:
+    """App factory for ``adev runserver``: the same settings as ``echo-server``."""
+    settings = ServerSettings.from_env(load_environment())
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def runner_options(settings: ServerSettings) -> dict[str, Any]:
+    """Keyword arguments for aiohttp's runner that carry our settings to the HTTP layer.
+
+    aiohttp arms its keep-alive timer when a connection is accepted and fires it only
+    while no complete request has arrived, so it doubles as the handshake timeout: a
+    client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT.
+    """
+    return {
+        "access_log": None,
+        "keepalive_timeout": settings.handshake_timeout,
+        "shutdown_timeout": settings.shutdown_timeout,
+    }
+
+
+async def serve_until_signal(settings: ServerSettings) -> None:
+    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, **runner_options(settings))
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as error:
+            where = f"{settings.host}:{settings.port}"
+            raise ListenError(f"cannot listen on {where}: {error.strerror or error}") from None
+        for address in runner.addresses:
+            host, port = address[0], address[1]
+            shown = f"[{host}]" if ":" in host else host
+            log.info("listening on http://%s:%d/ (WebSocket ws://%s:%d/)", shown, port, shown, port)
+        await stop.wait()
+        log.info("signal received, shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``echo-server``."""
+    parser = argparse.ArgumentParser(
+        prog="echo-server",
+        description="Secure WebSocket echo server. Configured by environment variables "
+        "and a .env file in the working directory; see README.md or .env.example.",
+    )
+    parser.parse_args(argv)
+    try:
+        settings = ServerSettings.from_env(load_environment())
+    except ConfigError as error:
+        print(f"echo-server: {error}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve_until_signal(settings))
+    except ListenError as error:
+        print(f"echo-server: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

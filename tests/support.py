@@ -1,0 +1,127 @@
+"""Helpers for tests: free ports, clean environments, real server subprocesses, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from echo.config import ServerSettings
+
+CONFIG_VARIABLES = [
+    "HOST",
+    "PORT",
+    "ALLOWED_ORIGINS",
+    "ALLOW_MISSING_ORIGIN",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_IP",
+    "MAX_MESSAGE_SIZE",
+    "HEARTBEAT_INTERVAL",
+    "HANDSHAKE_TIMEOUT",
+    "SHUTDOWN_TIMEOUT",
+    "COMPRESSION",
+    "LOG_LEVEL",
+    "WS_URL",
+    "RECONNECT_INTERVAL",
+    "RECONNECT_MAX_INTERVAL",
+    "MESSAGE_INTERVAL",
+    "ORIGIN",
+    "MESSAGE_COUNT",
+]
+
+TEST_SETTINGS = ServerSettings(
+    host="127.0.0.1",
+    port=0,
+    any_origin=True,
+    allow_missing_origin=True,
+    heartbeat_interval=30.0,
+)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The test process's environment without any echo setting, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+    env.update(overrides)
+    return env
+
+
+ServerFactory = Callable[..., Any]
+
+
+class ServerProcess:
+    """``python -m echo.server`` as a subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log_path: Path) -> None:
+        self.port = int(env["PORT"])
+        self.host = env.get("HOST", "127.0.0.1")
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "echo.server"],
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/"
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.http}/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+
+async def wait_until(
+    predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02
+) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,182 @@
+"""Messages come back exactly as sent: type, bytes and order, up to MAX_MESSAGE_SIZE."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from echo.server import SERVER_KEY
+from tests.support import ServerFactory, wait_until
+from tests.wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawWebSocket, close_payload
+
+
+async def echo_once(ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> aiohttp.WSMessage:
+    if isinstance(data, str):
+        await ws.send_str(data)
+    else:
+        await ws.send_bytes(data)
+    return await ws.receive(timeout=5)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "hello",
+        "",
+        "héllo wörld ✓ 𝄞 中文 🎉",
+        b"\x00\x01\x02\xff" * 100,
+        b"",
+    ],
+    ids=["text", "empty-text", "unicode", "binary", "empty-binary"],
+)
+@pytest.mark.parametrize("compress", [0, 15], ids=["plain", "deflate"])
+async def test_message_is_echoed_with_its_type_and_bytes(
+    start_app: ServerFactory, aiohttp_client: Any, payload: str | bytes, compress: int
+) -> None:
+    server = await start_app()
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.make_url("/"), compress=compress) as ws:
+            assert bool(ws.compress) == bool(compress)
+            reply = await echo_once(ws, payload)
+    expected_type = WSMsgType.TEXT if isinstance(payload, str) else WSMsgType.BINARY
+    assert reply.type is expected_type
+    assert reply.data == payload
+
+
+async def test_many_messages_come_back_in_order(start_app: ServerFactory) -> None:
+    server = await start_app()
+    sent = [f"m{i}" if i % 2 else f"b{i}".encode() for i in range(500)]
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/")) as ws:
+        for item in sent:
+            if isinstance(item, str):
+                await ws.send_str(item)
+            else:
+                await ws.send_bytes(item)
+        received = [(await ws.receive(timeout=5)).data for _ in sent]
+    assert received == sent
+
+
+async def test_fragmented_message_is_reassembled(start_app: ServerFactory) -> None:
+    server = await start_app()
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    await raw.send(OP_TEXT, b"frag", fin=False)
+    await raw.send(OP_CONT, b"men", fin=False)
+    await raw.send(OP_CONT, "ted ✓".encode(), fin=True)
+    await raw.send(OP_BINARY, b"\x01", fin=False)
+    await raw.send(OP_CONT, b"\x02", fin=True)
+    text = await raw.recv_data()
+    binary = await raw.recv_data()
+    assert (text.fin, text.opcode, text.payload) == (True, OP_TEXT, "fragmented ✓".encode())
+    assert (binary.fin, binary.opcode, binary.payload) == (True, OP_BINARY, b"\x01\x02")
+    await raw.aclose()
+
+
+@pytest.mark.parametrize("compress", [0, 15], ids=["plain", "deflate"])
+async def test_message_at_the_limit_is_echoed_and_one_over_closes_1009(
+    start_app: ServerFactory, compress: int
+) -> None:
+    limit = 64 * 1024
+    server = await start_app(max_message_size=limit)
+    async with aiohttp.ClientSession() as session:
+        bystander = await session.ws_connect(server.make_url("/"))
+        async with session.ws_connect(
+            server.make_url("/"), max_msg_size=0, compress=compress
+        ) as ws:
+            reply = await echo_once(ws, b"x" * limit)
+            assert reply.data == b"x" * limit
+            await ws.send_bytes(b"x" * (limit + 1))
+            closing = await ws.receive(timeout=5)
+            assert closing.type is WSMsgType.CLOSE
+            assert closing.data == 1009
+        # The limit applies after reassembly: fragments that add up past it close too.
+        raw = await RawWebSocket.connect("127.0.0.1", server.port)
+        await raw.send(OP_BINARY, b"y" * (limit // 2), fin=False)
+        await raw.send(OP_CONT, b"y" * (limit // 2 + 1), fin=True)
+        frame = await raw.recv_data()
+        assert (frame.opcode, frame.close_code) == (OP_CLOSE, 1009)
+        await raw.aclose()
+        # Nobody else noticed.
+        assert (await echo_once(bystander, "still here")).data == "still here"
+        await bystander.close()
+
+
+async def test_invalid_utf8_text_closes_1007(start_app: ServerFactory) -> None:
+    server = await start_app()
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    await raw.send(OP_TEXT, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80")
+    frame = await raw.recv_data()
+    assert (frame.opcode, frame.close_code) == (OP_CLOSE, 1007)
+    await raw.send(OP_CLOSE, close_payload(1007))
+    assert await raw.eof(timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("sent", "answered"),
+    [
+        (1000, 1000),
+        (1001, 1001),
+        (3000, 3000),
+        (4999, 4999),
+        (1006, 1002),
+        (1005, 1002),
+        (999, 1002),
+        (1016, 1002),
+        (5000, 1002),
+    ],
+)
+async def test_close_code_is_echoed_if_valid_else_answered_1002(
+    start_app: ServerFactory, sent: int, answered: int
+) -> None:
+    server = await start_app()
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    await raw.send(OP_CLOSE, close_payload(sent, b"bye"))
+    frame = await raw.recv_data()
+    assert (frame.opcode, frame.close_code) == (OP_CLOSE, answered)
+    assert await raw.eof(timeout=2), "the server must drop TCP after the closing handshake"
+
+
+async def test_error_in_one_connection_closes_it_1011_and_spares_the_others(
+    start_app: ServerFactory,
+) -> None:
+    server = await start_app()
+    echo = server.app[SERVER_KEY]
+    original = echo.serve
+
+    async def faulty(ws: Any, conn: Any) -> None:
+        if conn.id == "c2":
+            await ws.receive()
+            raise RuntimeError("injected fault")
+        await original(ws, conn)
+
+    echo.serve = faulty  # type: ignore[method-assign]
+    async with aiohttp.ClientSession() as session:
+        healthy = await session.ws_connect(server.make_url("/"))
+        victim = await session.ws_connect(server.make_url("/"))
+        await victim.send_str("trigger")
+        closing = await victim.receive(timeout=5)
+        assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1011)
+        await victim.close()
+        assert (await echo_once(healthy, "ok")).data == "ok"
+        await wait_until(lambda: echo.limiter.open == 1)
+        await healthy.close()
+    await wait_until(lambda: echo.limiter.open == 0)
+
+
+async def test_concurrent_connections_do_not_mix_messages(start_app: ServerFactory) -> None:
+    server = await start_app()
+
+    async def talk(session: aiohttp.ClientSession, n: int) -> list[str]:
+        async with session.ws_connect(server.make_url("/")) as ws:
+            out = []
+            for i in range(50):
+                out.append((await echo_once(ws, f"{n}:{i}")).data)
+            return out
+
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(*(talk(session, n) for n in range(20)))
+    for n, got in enumerate(results):
+        assert got == [f"{n}:{i}" for i in range(50)]
