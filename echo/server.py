@@ -39,10 +39,10 @@ INDEX_TEXT = (
     "Health: GET /healthz\n"
 )
 
-_REFUSAL_STATUS: dict[Refusal, tuple[type[web.HTTPException], str]] = {
-    Refusal.ORIGIN: (web.HTTPForbidden, "origin not allowed"),
-    Refusal.LIMIT: (web.HTTPServiceUnavailable, "too many connections"),
-    Refusal.PER_IP_LIMIT: (web.HTTPTooManyRequests, "too many connections from your address"),
+_REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
+    Refusal.ORIGIN: (403, "origin not allowed"),
+    Refusal.LIMIT: (503, "too many connections"),
+    Refusal.PER_IP_LIMIT: (429, "too many connections from your address"),
 }
 
 
@@ -108,7 +108,7 @@ class EchoServer:
         return own_origin(request.scheme, host) if host else None
 
     def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
-        error, text = _REFUSAL_STATUS[reason]
+        status, text = _REFUSAL_STATUS[reason]
         log.info(
             "refused remote=%s origin=%s reason=%s",
             request.remote,
@@ -116,7 +116,7 @@ class EchoServer:
             reason.value,
         )
         headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
-        return error(text=text + "\n", headers=headers)
+        return web.Response(status=status, text=text + "\n", headers=headers)
 
     # -- WebSocket --------------------------------------------------------------------
 

@@ -66,8 +66,10 @@ ServerFactory = Callable[..., Any]
 class ServerProcess:
     """``python -m echo.server`` as a subprocess on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, log_path: Path) -> None:
-        self.port = int(env["PORT"])
+    def __init__(
+        self, env: dict[str, str], cwd: Path, log_path: Path, port: int | None = None
+    ) -> None:
+        self.port = int(env["PORT"]) if port is None else port
         self.host = env.get("HOST", "127.0.0.1")
         self.log_path = log_path
         self._log = log_path.open("wb")

@@ -152,7 +152,7 @@ async def test_error_in_one_connection_closes_it_1011_and_spares_the_others(
             raise RuntimeError("injected fault")
         await original(ws, conn)
 
-    echo.serve = faulty  # type: ignore[method-assign]
+    echo.serve = faulty
     async with aiohttp.ClientSession() as session:
         healthy = await session.ws_connect(server.make_url("/"))
         victim = await session.ws_connect(server.make_url("/"))

@@ -1,0 +1,184 @@
+"""Configuration: defaults, validation with one-line errors (exit 2), and .env precedence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from echo.config import ConfigError, ServerSettings, load_environment
+from echo.origins import parse_origin
+from tests.support import ServerProcess, clean_env, free_port
+
+
+def test_defaults_match_the_documented_table() -> None:
+    settings = ServerSettings.from_env({})
+    assert settings == ServerSettings(
+        host="0.0.0.0",
+        port=8080,
+        any_origin=False,
+        allowed_origins=frozenset(
+            {parse_origin("http://localhost:3000"), parse_origin("ws://localhost:8080")}
+        ),
+        allow_missing_origin=False,
+        max_connections=100,
+        max_connections_per_ip=0,
+        max_message_size=1_048_576,
+        heartbeat_interval=30.0,
+        handshake_timeout=10.0,
+        shutdown_timeout=10.0,
+        compression=True,
+        log_level="info",
+    )
+
+
+def test_values_are_parsed_and_durations_converted_from_ms() -> None:
+    settings = ServerSettings.from_env(
+        {
+            "HOST": "::1",
+            "PORT": "9001",
+            "ALLOWED_ORIGINS": " https://A.example , http://b.example:8000 ",
+            "ALLOW_MISSING_ORIGIN": "yes",
+            "MAX_CONNECTIONS": "5",
+            "MAX_CONNECTIONS_PER_IP": "2",
+            "MAX_MESSAGE_SIZE": "1024",
+            "HEARTBEAT_INTERVAL": "1500",
+            "HANDSHAKE_TIMEOUT": "250",
+            "SHUTDOWN_TIMEOUT": "0",
+            "COMPRESSION": "off",
+            "LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert settings.host == "::1"
+    assert settings.port == 9001
+    assert settings.allowed_origins == {
+        parse_origin("https://a.example:443"),
+        parse_origin("http://b.example:8000"),
+    }
+    assert settings.allow_missing_origin is True
+    assert (settings.max_connections, settings.max_connections_per_ip) == (5, 2)
+    assert settings.max_message_size == 1024
+    assert settings.heartbeat_interval == 1.5
+    assert settings.handshake_timeout == 0.25
+    assert settings.shutdown_timeout == 0
+    assert settings.compression is False
+    assert settings.log_level == "debug"
+
+
+def test_star_means_any_origin() -> None:
+    assert ServerSettings.from_env({"ALLOWED_ORIGINS": "*"}).any_origin is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("PORT", "-1"),
+        ("PORT", "80.5"),
+        ("HOST", "not a host!"),
+        ("MAX_CONNECTIONS", "-1"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_CONNECTIONS_PER_IP", "many"),
+        ("MAX_MESSAGE_SIZE", "0"),
+        ("HEARTBEAT_INTERVAL", "0"),
+        ("HEARTBEAT_INTERVAL", "1s"),
+        ("HANDSHAKE_TIMEOUT", "-5"),
+        ("SHUTDOWN_TIMEOUT", "forever"),
+        ("COMPRESSION", "maybe"),
+        ("ALLOW_MISSING_ORIGIN", "2"),
+        ("LOG_LEVEL", "verbose"),
+        ("ALLOWED_ORIGINS", "localhost:3000"),
+        ("ALLOWED_ORIGINS", "http://localhost:3000/"),
+        ("ALLOWED_ORIGINS", "http://ok.example,http://bad.example:99999"),
+        ("ALLOWED_ORIGINS", "http://user@host.example"),
+    ],
+)
+def test_bad_value_names_variable_value_and_expectation(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ServerSettings.from_env({name: value})
+    message = str(caught.value)
+    assert name in message
+    assert repr(value.strip()) in message or value.strip() in message
+    assert "expected" in message
+    assert "\n" not in message
+
+
+def run_server_briefly(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "echo.server"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PORT", "abc"), ("MAX_CONNECTIONS", "-1"), ("ALLOWED_ORIGINS", "localhost\x1b[31m")],
+)
+def test_entry_point_exits_2_with_one_line_and_no_traceback(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    result = run_server_briefly(clean_env(**{name: value}), tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"echo-server: invalid {name}=")
+    assert "Traceback" not in result.stderr
+    assert "\x1b" not in result.stderr, "control characters must be escaped"
+
+
+def test_console_script_is_installed_and_validates(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("echo-server")
+    result = subprocess.run(
+        [str(script)],
+        env=clean_env(PORT="x"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "PORT" in result.stderr
+
+
+def test_env_file_is_loaded_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=1234\nMAX_CONNECTIONS=7\n# comment\nLOG_LEVEL=debug\n")
+    merged = load_environment({"PORT": "4321"}, tmp_path / ".env")
+    settings = ServerSettings.from_env(merged)
+    assert settings.port == 4321, "the real environment wins over .env"
+    assert settings.max_connections == 7
+    assert settings.log_level == "debug"
+
+
+def test_missing_env_file_is_fine(tmp_path: Path) -> None:
+    assert load_environment({"A": "1"}, tmp_path / "absent.env") == {"A": "1"}
+
+
+def test_running_server_reads_env_file_from_working_directory(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / ".env").write_text(f"PORT={port}\nMAX_CONNECTIONS=3\n")
+    env = clean_env(HOST="127.0.0.1", ALLOW_MISSING_ORIGIN="true")
+    proc = ServerProcess(env, tmp_path, tmp_path / "dotenv-server.log", port=port)
+    try:
+        proc.wait_ready()
+        with urllib.request.urlopen(f"{proc.http}/healthz", timeout=5) as response:
+            assert json.load(response)["max_connections"] == 3
+    finally:
+        proc.stop()
+
+
+def test_bad_value_in_env_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("HEARTBEAT_INTERVAL=soon\n")
+    result = run_server_briefly(clean_env(), tmp_path)
+    assert result.returncode == 2
+    assert "HEARTBEAT_INTERVAL" in result.stderr

@@ -1,0 +1,121 @@
+"""Connection health and the server's life: heartbeat, handshake timeout, /healthz, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from echo.server import SERVER_KEY
+from tests.support import ServerFactory, ServerProcess, wait_until
+from tests.wsraw import OP_PING, OP_PONG, RawWebSocket
+
+
+async def test_heartbeat_drops_a_peer_that_stops_answering_pings(start_app: ServerFactory) -> None:
+    server = await start_app(heartbeat_interval=0.2)
+    limiter = server.app[SERVER_KEY].limiter
+    silent = await RawWebSocket.connect("127.0.0.1", server.port)
+    frame = await silent.recv(timeout=2)
+    assert frame.opcode == OP_PING, "the server pings every HEARTBEAT_INTERVAL"
+    # Never answer: the server gives up on us and frees the slot.
+    assert await silent.eof(timeout=3)
+    await wait_until(lambda: limiter.open == 0, timeout=3)
+
+
+async def test_heartbeat_keeps_a_responsive_peer(start_app: ServerFactory) -> None:
+    server = await start_app(heartbeat_interval=0.1)
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/")) as ws:
+        # aiohttp's client answers pings while it is receiving: wait several intervals.
+        reply = asyncio.create_task(ws.receive())
+        await asyncio.sleep(0.6)
+        assert not reply.done(), f"connection ended: {reply.result()}"
+        await ws.send_str("alive")
+        assert (await asyncio.wait_for(reply, 2)).data == "alive"
+
+
+async def test_server_answers_pings(start_app: ServerFactory) -> None:
+    server = await start_app()
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    await raw.send(OP_PING, b"are you there")
+    frame = await raw.recv()
+    assert (frame.opcode, frame.payload) == (OP_PONG, b"are you there")
+    await raw.aclose()
+
+
+async def test_handshake_timeout_cuts_off_a_slow_upgrade(start_app: ServerFactory) -> None:
+    server = await start_app(handshake_timeout=0.5)
+    request = RawWebSocket.upgrade_request("127.0.0.1", server.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    started = time.monotonic()
+    dropped_after = None
+    for byte in request[:40]:  # a byte every 50 ms: 2 s if never cut off
+        writer.write(bytes([byte]))
+        try:
+            await writer.drain()
+            if await asyncio.wait_for(reader.read(1), 0.05) == b"":
+                dropped_after = time.monotonic() - started
+                break
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            dropped_after = time.monotonic() - started
+            break
+    writer.close()
+    await writer.wait_closed()
+    assert dropped_after is not None, "the server never cut off the slow handshake"
+    assert dropped_after < 1.5
+    assert server.app[SERVER_KEY].limiter.open == 0
+
+
+async def test_healthz_reports_open_connections(start_app: ServerFactory) -> None:
+    server = await start_app(max_connections=7)
+    async with aiohttp.ClientSession() as session:
+        first = await (await session.get(server.make_url("/healthz"))).json()
+        ws = await session.ws_connect(server.make_url("/"))
+        during = await (await session.get(server.make_url("/healthz"))).json()
+        await ws.close()
+    assert first["status"] == "ok"
+    assert first["max_connections"] == 7
+    assert (first["connections"], during["connections"]) == (0, 1)
+    assert during["uptime_seconds"] >= first["uptime_seconds"] >= 0
+
+
+async def test_plain_get_of_root_is_a_page_not_an_upgrade(start_app: ServerFactory) -> None:
+    server = await start_app()
+    async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as resp:
+        assert resp.status == 200
+        assert "WebSocket" in await resp.text()
+
+
+async def test_sigterm_closes_connections_with_1001_and_exits_0(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    proc = server_process(SHUTDOWN_TIMEOUT="5000")
+    async with aiohttp.ClientSession() as session:
+        sockets = [await session.ws_connect(proc.url) for _ in range(3)]
+        proc.signal(signal.SIGTERM)
+        for ws in sockets:
+            msg = await ws.receive(timeout=5)
+            assert (msg.type, msg.data, msg.extra) == (
+                WSMsgType.CLOSE,
+                1001,
+                "server shutting down",
+            )
+            await ws.close()
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+async def test_shutdown_does_not_wait_past_its_timeout_for_a_silent_peer(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    proc = server_process(SHUTDOWN_TIMEOUT="500")
+    silent = await RawWebSocket.connect("127.0.0.1", proc.port)  # never answers the close
+    started = time.monotonic()
+    proc.signal(signal.SIGINT)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+    assert time.monotonic() - started < 4
+    await silent.aclose()
