@@ -208,7 +208,10 @@ class EchoClient:
                 autoping=True,
                 max_msg_size=max(self._payloads.largest, MIN_RECEIVE_LIMIT) + 1,
                 decode_text=False,
-                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
+                # Waiting for the server's close frame: no longer than we trust silence.
+                timeout=aiohttp.ClientWSTimeout(
+                    ws_close=min(CLOSE_TIMEOUT, settings.heartbeat_interval)
+                ),
             )
 
     async def _converse(self, ws: WebSocket) -> str:
