@@ -192,7 +192,10 @@ class EchoClient:
                 return None, retry_after
             log.warning("handshake refused: HTTP %d %s", error.status, preview(error.message))
             return None, None
-        if isinstance(error, aiohttp.ClientError | OSError | TimeoutError):
+        if isinstance(error, TimeoutError):
+            log.info("cannot connect: no handshake within %g s", settings.heartbeat_interval)
+            return None, None
+        if isinstance(error, aiohttp.ClientError | OSError):
             log.info("cannot connect: %s", preview(str(error) or type(error).__name__))
             return None, None
         raise error

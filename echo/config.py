@@ -184,11 +184,12 @@ def url_origin(url: URL) -> str:
 class ClientSettings:
     """Everything the echo client needs to know, already validated (durations in seconds).
 
-    ``size`` None means the original app's payload: a random number as text.
+    ``size`` None means the original app's payload: a random number as text. An empty
+    ``origin`` is filled in from ``url``.
     """
 
     url: str = "ws://localhost:8080/"
-    origin: str = "ws://localhost:8080"
+    origin: str = ""
     reconnect_interval: float = 5.0
     reconnect_max_interval: float = 30.0
     message_interval: float = 1.0
@@ -197,6 +198,10 @@ class ClientSettings:
     size: int | None = None
     binary: bool = False
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.origin:
+            object.__setattr__(self, "origin", url_origin(URL(self.url)))
 
     @property
     def healthy_after(self) -> float:

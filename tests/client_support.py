@@ -34,7 +34,6 @@ def fast_settings(url: str, **changes: object) -> ClientSettings:
     """Client settings for tests: 20 ms between messages, 20-50 ms back-off."""
     values: dict[str, object] = {
         "url": url,
-        "origin": "ws://127.0.0.1",
         "reconnect_interval": 0.02,
         "reconnect_max_interval": 0.05,
         "message_interval": 0.02,

@@ -309,6 +309,32 @@ async def test_heartbeat_detects_a_server_that_stops_answering() -> None:
     assert OP_CLOSE not in first.opcodes[: first.opcodes.index(OP_PING)]
 
 
+def test_frozen_server_is_noticed_by_heartbeat_and_nothing_is_lost(
+    server_process: ServerStarter, tmp_path: Path
+) -> None:
+    server = server_process()
+    env = fast_client_env(CLIENT_HEARTBEAT_INTERVAL="300")
+    client = ClientProcess(["--url", server.url], env, tmp_path)
+    try:
+        client.wait_for_log(r"echo seq=\d+", count=5)
+        server.signal(signal.SIGSTOP)  # the process hangs: TCP stays up, nothing answers
+        try:
+            client.wait_for_log(r"connection lost: heartbeat: 'No PONG")
+            client.wait_for_log(r"cannot connect", count=2)  # handshakes time out too
+        finally:
+            server.signal(signal.SIGCONT)
+        client.wait_for_log(r"connected to .* \(connection 2, [1-9]\d* message")
+        before = len(re.findall(r"echo seq=", client.stderr()))
+        client.wait_for_log(r"echo seq=\d+", count=before + 3)
+        assert client.stop(signal.SIGINT) == 0, client.stderr()
+    finally:
+        client.kill()
+    summary = parse_summary(client.stdout())
+    assert summary["echoed"] == summary["sent"], summary
+    assert int(summary["resent"]) >= 1
+    assert summary["mismatched"] == "0"
+
+
 async def test_heartbeat_keeps_a_quiet_healthy_connection(server_process: ServerStarter) -> None:
     server = server_process()
     # Messages rarer than the heartbeat: the pings alone keep the connection alive.

@@ -230,3 +230,11 @@ def test_payloads() -> None:
     assert text.decode("ascii").isprintable()
     assert len(Payloads(7, binary=True).make()) == 7
     assert Payloads(7, binary=True).kind is Kind.BINARY
+
+
+def test_library_settings_derive_the_origin_from_the_url() -> None:
+    assert ClientSettings().origin == "ws://localhost:8080"
+    assert ClientSettings(url="ws://127.0.0.1:9/").origin == "ws://127.0.0.1:9"
+    assert ClientSettings(url="ws://127.0.0.1:9/", origin="http://a.example").origin == (
+        "http://a.example"
+    )
