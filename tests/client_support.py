@@ -57,6 +57,7 @@ def fast_client_env(**variables: str) -> dict[str, str]:
         RECONNECT_INTERVAL="20",
         RECONNECT_MAX_INTERVAL="50",
         ORIGIN="ws://127.0.0.1",
+        PYTHONWARNINGS="always::ResourceWarning",  # shown on stderr, where tests look
     )
     env.update(variables)
     return env
@@ -79,6 +80,11 @@ class ClientProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def assert_no_leaks_reported(self) -> None:
+        text = self.stderr()
+        for sign in ("ResourceWarning", "Unclosed", "Task was destroyed", "Traceback"):
+            assert sign not in text, text
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")

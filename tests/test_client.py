@@ -128,6 +128,7 @@ def test_server_killed_and_restarted_on_the_same_port_loses_nothing(
     assert summary["mismatched"] == "0"
     assert int(summary["reconnects"]) >= 1
     assert "open id=c1" in second.log()
+    client.assert_no_leaks_reported()
 
 
 def test_sigterm_stops_cleanly_with_a_summary(
@@ -143,7 +144,7 @@ def test_sigterm_stops_cleanly_with_a_summary(
     summary = parse_summary(client.stdout())
     assert summary["echoed"] == summary["sent"]
     assert summary["reconnects"] == "0"
-    assert "Unclosed" not in client.stderr()
+    client.assert_no_leaks_reported()
     # The server saw a clean close, 1000, from the client.
     for _ in range(100):
         if "close id=c1 code=1000" in server.log():
@@ -333,6 +334,7 @@ def test_frozen_server_is_noticed_by_heartbeat_and_nothing_is_lost(
     assert summary["echoed"] == summary["sent"], summary
     assert int(summary["resent"]) >= 1
     assert summary["mismatched"] == "0"
+    client.assert_no_leaks_reported()
 
 
 async def test_heartbeat_keeps_a_quiet_healthy_connection(server_process: ServerStarter) -> None:
