@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import re
 import signal
 import subprocess
@@ -186,6 +187,41 @@ async def test_echoes_lost_with_the_connection_are_resent_and_counted_once(
     assert stats.echoed == stats.sent, stats
     assert stats.mismatched == 0
     assert stats.reconnects == 1
+
+
+async def test_backoff_grows_while_failing_and_resets_after_a_healthy_connection(
+    server_process: ServerStarter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "echo.client")
+    server = server_process()
+    relay = await Relay(server.port).start()
+    relay.refuse = True
+    client = EchoClient(
+        fast_settings(relay.url, reconnect_interval=0.01, reconnect_max_interval=0.16)
+    )
+    run = asyncio.create_task(client.run())
+    try:
+        # Failed attempts at steps of 10, 20, 40, 80, 160, 160 ms.
+        await wait_until(lambda: caplog.text.count("reconnecting in") >= 6, timeout=10)
+        relay.refuse = False
+        await wait_until(lambda: client.connected)
+        await asyncio.sleep(0.3)  # up longer than RECONNECT_MAX_INTERVAL: healthy
+        failing = caplog.text
+        relay.cut()
+        await wait_until(lambda: client.stats.connections == 2)
+    finally:
+        client.stop()
+        await asyncio.wait_for(run, 10)
+        await relay.close()
+    delays = [float(d) for d in re.findall(r"reconnecting in ([\d.]+) s", failing)]
+    after = [
+        float(d) for d in re.findall(r"reconnecting in ([\d.]+) s", caplog.text[len(failing) :])
+    ]
+    assert len(delays) >= 6
+    assert delays[0] <= 0.01
+    assert max(delays) >= 0.08, "the delay doubled"
+    assert max(delays) <= 0.16, "up to the cap"
+    assert after[0] <= 0.01, "and started again from RECONNECT_INTERVAL"
 
 
 async def test_100_reconnect_cycles_leave_no_tasks_or_descriptors(
