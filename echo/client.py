@@ -40,6 +40,7 @@ log = logging.getLogger("echo.client")
 
 DRAIN_TIMEOUT = 5.0  # on stop, how long to wait for the echoes of messages in flight
 CLOSE_TIMEOUT = 5.0  # how long to wait for the server's close frame after ours
+HURRIED_CLOSE_TIMEOUT = 0.25  # the same after a second signal
 MAX_IN_FLIGHT = 100  # messages sent and not yet echoed; at the limit, production pauses
 MAX_IN_FLIGHT_BYTES = 64 << 20
 MIN_RECEIVE_LIMIT = 64 << 10
@@ -78,6 +79,7 @@ class EchoClient:
         self._backoff = Backoff(settings.reconnect_interval, settings.reconnect_max_interval, rng)
         self._window = max(1, min(MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES // self._payloads.largest))
         self._stopping = False
+        self._hurry = False  # a hard stop: do not wait long for the server's close frame
         self._stop_requested = asyncio.Event()  # no new messages, no new connections
         self._finished = asyncio.Event()  # close now: all answered, drain over, or hard stop
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -102,6 +104,7 @@ class EchoClient:
                 loop = asyncio.get_running_loop()
                 self._drain_timer = loop.call_later(DRAIN_TIMEOUT, self._finished.set)
         if not drain:
+            self._hurry = True
             self._finished.set()
         self._check_finished()
 
@@ -245,7 +248,12 @@ class EchoClient:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
             if not ws.closed:
-                await ws.close(code=aiohttp.WSCloseCode.OK)
+                # aiohttp gives up and drops the connection if the wait is cut short.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        ws.close(code=aiohttp.WSCloseCode.OK),
+                        HURRIED_CLOSE_TIMEOUT if self._hurry else None,
+                    )
             for task in (receiver, finished):
                 task.cancel()
             results = await asyncio.gather(sender, receiver, finished, return_exceptions=True)

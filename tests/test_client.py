@@ -102,6 +102,35 @@ def test_command_line_prints_one_summary_line_and_exits_0(
     assert "binary 64B" in result.stderr
 
 
+async def test_stop_waits_for_the_echoes_due_and_a_second_signal_cuts_it_short(
+    tmp_path: Path,
+) -> None:
+    silent = await SilentServer().start()  # takes the messages, never echoes them
+    env = fast_client_env(CLIENT_HEARTBEAT_INTERVAL="60000")
+    client = ClientProcess(["--url", silent.url], env, tmp_path)
+    try:
+        await wait_until(
+            lambda: bool(silent.connections) and silent.connections[0].opcodes.count(OP_TEXT) >= 3,
+            timeout=15,
+        )
+        client.proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(1.0)
+        assert client.proc.poll() is None, "still waiting (up to 5 s) for the echoes due"
+        client.proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        assert await asyncio.to_thread(client.proc.wait, 15) == 0
+        hurried = time.monotonic() - started
+    finally:
+        client.kill()
+        await silent.close()
+    assert hurried < 3.5, "neither the rest of the drain (4 s) nor a 5 s close wait"
+    summary = parse_summary(client.stdout())
+    assert int(summary["sent"]) >= 3
+    assert (summary["echoed"], summary["p50"]) == ("0", "nan")
+    assert OP_CLOSE in silent.connections[0].opcodes, "a close frame was still sent"
+    client.assert_no_leaks_reported()
+
+
 # -- reconnects: nothing lost ---------------------------------------------------------
 
 
