@@ -90,6 +90,11 @@ class EchoClient:
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def unanswered(self) -> int:
+        """Messages sent and not yet echoed (sent again after a reconnect)."""
+        return len(self._tracker.pending)
+
     def stop(self, *, drain: bool = True) -> None:
         """Stop producing and reconnecting; close once the messages in flight are answered.
 
