@@ -25,7 +25,7 @@ from echo.config import ConfigError, ServerSettings, load_environment
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import configure_logging
 from echo.origins import Origin, own_origin, parse_origin
-from echo.page import PAGE_KEY, add_page, live_reload_sources
+from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.text import preview
 
 log = logging.getLogger("echo.server")
@@ -250,16 +250,16 @@ class ListenError(RuntimeError):
 SERVER_KEY = web.AppKey("echo_server", EchoServer)
 
 
-def create_app(settings: ServerSettings, page_sources: tuple[str, ...] = ()) -> web.Application:
+def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web.Application:
     """Build the application for ``settings``; the EchoServer is at ``app[SERVER_KEY]``.
 
-    ``page_sources`` are extra Content-Security-Policy sources for the browser page.
+    ``page`` says how the browser console at ``GET /`` is served (see echo.page).
     """
     server = EchoServer(settings)
     app = web.Application(client_max_size=settings.max_message_size)
     app[SERVER_KEY] = server
     app.router.add_get("/", server.root)
-    add_page(app, page_sources)
+    add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
     app.on_shutdown.append(server.shutdown)
     return app
@@ -270,7 +270,7 @@ def dev_app() -> web.Application:
     settings = ServerSettings.from_env(load_environment())
     configure_logging(settings.log_level)
     # adev injects its live-reload script, served with its WebSocket on PORT + 1.
-    return create_app(settings, live_reload_sources(settings.port + 1))
+    return create_app(settings, development_options(settings.port + 1))
 
 
 def runner_options(settings: ServerSettings) -> dict[str, Any]:
