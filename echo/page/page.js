@@ -6,6 +6,7 @@
 const LOG_LIMIT = 500;          // entries kept in the log; older ones are dropped
 const PREVIEW_BYTES = 64;       // binary bytes shown per entry, as hex
 const PREVIEW_CHARS = 500;      // text characters shown per entry
+const FILE_LIMIT = 64 * 1024 * 1024;  // largest file read into memory and sent
 const BACKOFF_FIRST_MS = 500;   // first reconnection delay, doubled after each failure
 const BACKOFF_MAX_MS = 8000;
 const CLOSE_NAMES = {
@@ -269,6 +270,11 @@ async function sendFile() {
     notify("Choose a file first.");
     return;
   }
+  if (file.size > FILE_LIMIT) {
+    notify(`That file is ${file.size} bytes; this page sends at most ${FILE_LIMIT}.`);
+    return;
+  }
+  notify("");
   transmit(new Uint8Array(await file.arrayBuffer()));
 }
 
