@@ -172,3 +172,18 @@ async def test_page_says_when_the_server_is_full(page: Page, server_process: Sta
         "Refused: the server is full (1 of 1 connections open)"
     )
     await wait_until(lambda: "reason=limit" in server.log())
+
+
+async def test_page_pointed_at_a_server_that_lists_its_origin_connects(
+    page: Page, server_process: StartServer
+) -> None:
+    other = server_process(**DEFAULT_ORIGINS)
+    target = server_process(ALLOWED_ORIGINS=other.http, ALLOW_MISSING_ORIGIN="false")
+    await open_console(page, f"{other.http}/?url={quote(target.url, safe='')}")
+    await expect(page.get_by_role("status")).to_have_text("open")
+    await expect(page.locator("#target")).to_have_text(target.url)
+    await page.get_by_role("textbox", name="Message", exact=True).fill("over there")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(page.get_by_role("log").locator("li.received")).to_contain_text("over there")
+    assert f"origin='{other.http}'" in target.log()
+    assert "open id=" not in other.log()
