@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install start dev test lint clean
+.PHONY: install start dev test lint compliance clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ dev: install ## the server under adev runserver, reloaded on code change
 
 test: install ## the whole test suite
 	$(BIN)/python -m pytest
+
+compliance: install ## the Autobahn TestSuite (517 cases) against the real server
+	$(BIN)/python -m echo.compliance
 
 lint: install ## ruff and mypy, both clean
 	$(BIN)/ruff check .
