@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install start dev client dev-client test lint clean
+.PHONY: install start dev client dev-client test lint compliance clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ dev-client: install ## the client, restarted when code in echo/ changes
 
 test: install ## the whole test suite
 	$(BIN)/python -m pytest
+
+compliance: install ## the Autobahn TestSuite (517 cases) against the real server
+	$(BIN)/python -m echo.compliance
 
 lint: install ## ruff and mypy, both clean
 	$(BIN)/ruff check .
