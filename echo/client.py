@@ -10,7 +10,8 @@ each connection the unanswered messages of the previous one are sent again first
 a new message every MESSAGE_INTERVAL; nothing is produced while disconnected. Any loss
 (server gone, close frame, network error, missed heartbeat pongs) leads to a reconnect
 after an exponential back-off with jitter; HTTP 429 and 503 are retried no sooner than
-their Retry-After; HTTP 403 ends the client with :class:`OriginRefused`.
+their Retry-After; HTTP 403 ends the client with :class:`OriginRefused` and a TLS
+certificate that fails verification with :class:`CertificateUntrusted`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import random
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from echo.config import ClientSettings, ConfigError, load_environment
 from echo.logs import configure_logging
 from echo.payloads import Payloads
 from echo.text import preview
+from echo.tls import client_context
 from echo.tracker import EchoTracker, Kind, Match, Stats
 
 log = logging.getLogger("echo.client")
@@ -63,6 +66,18 @@ class OriginRefused(Exception):
         )
 
 
+class CertificateUntrusted(Exception):
+    """The server's TLS certificate failed verification: retrying cannot make it trusted."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            f"cannot trust the TLS certificate of {preview(url)}: {preview(reason)}; "
+            "set TLS_CA_FILE to the CA that signed it"
+        )
+
+
 class EchoClient:
     """Keeps a WebSocket to ``settings.url`` open, sending messages and checking echoes.
 
@@ -85,6 +100,9 @@ class EchoClient:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._running = False
         self.connected = False
+        self._ssl: ssl.SSLContext | bool = (
+            client_context(settings.ca_file) if settings.url.startswith("wss:") else True
+        )
 
     @property
     def stopping(self) -> bool:
@@ -200,6 +218,8 @@ class EchoClient:
                 return None, retry_after
             log.warning("handshake refused: HTTP %d %s", error.status, preview(error.message))
             return None, None
+        if isinstance(error, aiohttp.ClientConnectorCertificateError):
+            raise CertificateUntrusted(settings.url, _certificate_reason(error))
         if isinstance(error, TimeoutError):
             log.info("cannot connect: no handshake within %g s", settings.heartbeat_interval)
             return None, None
@@ -215,6 +235,7 @@ class EchoClient:
             return await session.ws_connect(
                 settings.url,
                 origin=settings.origin,
+                ssl=self._ssl,
                 heartbeat=settings.heartbeat_interval,
                 autoping=True,
                 max_msg_size=max(self._payloads.largest, MIN_RECEIVE_LIMIT) + 1,
@@ -336,6 +357,14 @@ class EchoClient:
         self._check_finished()
 
 
+def _certificate_reason(error: aiohttp.ClientConnectorCertificateError) -> str:
+    """What verification said: 'certificate verify failed: unable to get local issuer...'."""
+    cause = error.certificate_error
+    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+        return f"certificate verify failed: {cause.verify_message}"
+    return str(cause) or type(cause).__name__
+
+
 # -- command line ---------------------------------------------------------------------
 
 
@@ -396,7 +425,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script ``echo-client``: exit 0 after a stop, 1 on HTTP 403, 2 on bad settings."""
+    """Console script ``echo-client``: exit 0 after a stop, 1 on HTTP 403 or an untrusted
+    certificate, 2 on bad settings."""
     flags = parse_flags(argv)
     try:
         settings = ClientSettings.from_env(load_environment(), flags)
@@ -408,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             stats = runner.run(run_until_signal(client))
-    except OriginRefused as error:
+    except (OriginRefused, CertificateUntrusted) as error:
         print(f"echo-client: {error}", file=sys.stderr)
         sys.exit(1)
     print(stats.summary(), flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from yarl import URL
 
 from echo.origins import Origin, parse_origin
 from echo.text import preview
+from echo.tls import client_context, server_context
 
 T = TypeVar("T")
 
 MAX_DURATION_MS = 86_400_000  # one day: longer waits are a typo, not a wish
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 MAX_MESSAGE_COUNT = 10**12
 MAX_CLIENT_MESSAGE_SIZE = 1 << 30
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -139,10 +142,18 @@ class ServerSettings:
     shutdown_timeout: float = 10.0
     compression: bool = True
     log_level: str = "info"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    @property
+    def tls(self) -> bool:
+        """Serve https:// and wss:// (both TLS files given)."""
+        return bool(self.tls_cert_file)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
         r = Reader(env)
+        cert_file, key_file = read_tls_files(r)
         any_origin, origins = r.custom(
             "ALLOWED_ORIGINS",
             "http://localhost:3000,ws://localhost:8080",
@@ -163,7 +174,66 @@ class ServerSettings:
             shutdown_timeout=r.duration("SHUTDOWN_TIMEOUT", 10_000, low_ms=0),
             compression=r.boolean("COMPRESSION", True),
             log_level=r.choice("LOG_LEVEL", "info", LOG_LEVELS),
+            tls_cert_file=cert_file,
+            tls_key_file=key_file,
         )
+
+
+def _unreadable(path: str) -> str | None:
+    """Why ``path`` cannot be read as a file, or None if it can."""
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None
+
+
+def read_tls_files(r: Reader) -> tuple[str, str]:
+    """TLS_CERT_FILE and TLS_KEY_FILE: both or neither, readable, a certificate and its key."""
+    cert = r.raw("TLS_CERT_FILE", "")
+    key = r.raw("TLS_KEY_FILE", "")
+    if not cert and not key:
+        return "", ""
+    if not key:
+        raise ConfigError("TLS_KEY_FILE", key, "a PEM private key file, since TLS_CERT_FILE is set")
+    if not cert:
+        raise ConfigError(
+            "TLS_CERT_FILE", cert, "a PEM certificate file, since TLS_KEY_FILE is set"
+        )
+    for name, path, what in (("TLS_CERT_FILE", cert, "certificate"), ("TLS_KEY_FILE", key, "key")):
+        problem = _unreadable(path)
+        if problem is not None:
+            raise ConfigError(name, path, f"a readable PEM {what} file ({problem})")
+    try:
+        server_context(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        reason = getattr(error, "reason", None) or str(error)
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=cert)
+        except (ssl.SSLError, OSError):
+            raise ConfigError("TLS_CERT_FILE", cert, "a PEM certificate file") from None
+        raise ConfigError(
+            "TLS_KEY_FILE", key, f"the PEM private key of TLS_CERT_FILE ({reason})"
+        ) from None
+    return cert, key
+
+
+def read_ca_file(r: Reader) -> str:
+    """TLS_CA_FILE: empty (the system store) or a readable PEM file of CA certificates."""
+    path = r.raw("TLS_CA_FILE", "")
+    if not path:
+        return ""
+    problem = _unreadable(path)
+    if problem is not None:
+        raise ConfigError(
+            "TLS_CA_FILE", path, f"a readable PEM file of CA certificates ({problem})"
+        )
+    try:
+        client_context(path)
+    except (ssl.SSLError, OSError):
+        raise ConfigError("TLS_CA_FILE", path, "a PEM file of CA certificates") from None
+    return path
 
 
 def parse_ws_url(text: str) -> URL:
@@ -198,6 +268,7 @@ class ClientSettings:
     size: int | None = None
     binary: bool = False
     log_level: str = "info"
+    ca_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.origin:
@@ -259,4 +330,5 @@ class ClientSettings:
             size=size,
             binary=Reader(flags).boolean("--binary", False),
             log_level=env_reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
+            ca_file=read_ca_file(env_reader),
         )

@@ -27,6 +27,7 @@ from echo.logs import configure_logging
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.text import preview
+from echo.tls import server_context
 
 log = logging.getLogger("echo.server")
 
@@ -297,7 +298,12 @@ async def serve_until_signal(settings: ServerSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        ssl_context = (
+            server_context(settings.tls_cert_file, settings.tls_key_file) if settings.tls else None
+        )
+        site = web.TCPSite(
+            runner, settings.host, settings.port, backlog=1024, ssl_context=ssl_context
+        )
         try:
             await site.start()
         except OSError as error:
@@ -306,7 +312,16 @@ async def serve_until_signal(settings: ServerSettings) -> None:
         for address in runner.addresses:
             host, port = address[0], address[1]
             shown = f"[{host}]" if ":" in host else host
-            log.info("listening on http://%s:%d/ (WebSocket ws://%s:%d/)", shown, port, shown, port)
+            http, ws = ("https", "wss") if settings.tls else ("http", "ws")
+            log.info(
+                "listening on %s://%s:%d/ (WebSocket %s://%s:%d/)",
+                http,
+                shown,
+                port,
+                ws,
+                shown,
+                port,
+            )
         await stop.wait()
         log.info("signal received, shutting down")
     finally:

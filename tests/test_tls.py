@@ -1,0 +1,224 @@
+"""TLS: https:// and wss:// on one port, certificate checks in the client, bad TLS settings.
+
+Certificates come from a throwaway CA made by ``trustme`` for each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from echo.client import CertificateUntrusted, EchoClient
+from echo.config import ClientSettings, ConfigError, ServerSettings
+from tests.client_support import ClientProcess, fast_client_env, fast_settings
+from tests.support import ServerProcess, clean_env
+
+ServerStarter = Callable[..., ServerProcess]
+
+
+@dataclass(frozen=True)
+class Pki:
+    """PEM files of a throwaway CA and a server certificate for 127.0.0.1 and localhost."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    other_key: Path  # the key of a different certificate
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    other = ca.issue_cert("127.0.0.1")
+    files = Pki(
+        ca=tmp_path / "ca.pem",
+        cert=tmp_path / "cert.pem",
+        key=tmp_path / "key.pem",
+        other_key=tmp_path / "other-key.pem",
+    )
+    ca.cert_pem.write_to_path(str(files.ca))
+    issued.cert_chain_pems[0].write_to_path(str(files.cert))
+    issued.private_key_pem.write_to_path(str(files.key))
+    other.private_key_pem.write_to_path(str(files.other_key))
+    return files
+
+
+def start_tls_server(start: ServerStarter, pki: Pki, **variables: str) -> ServerProcess:
+    """A server subprocess with the ``pki`` certificate, ready once https://…/healthz answers."""
+    server = start(ready=False, TLS_CERT_FILE=str(pki.cert), TLS_KEY_FILE=str(pki.key), **variables)
+    wait_tls_ready(server, ssl.create_default_context(cafile=str(pki.ca)))
+    return server
+
+
+def wait_tls_ready(server: ServerProcess, context: ssl.SSLContext) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}: {server.log()}")
+        try:
+            url = f"https://127.0.0.1:{server.port}/healthz"
+            with urllib.request.urlopen(url, timeout=1, context=context):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"TLS server not ready: {server.log()}") from None
+            time.sleep(0.05)
+
+
+async def test_server_over_tls_echoes_to_a_client_trusting_the_ca(
+    server_process: ServerStarter, pki: Pki
+) -> None:
+    server = start_tls_server(server_process, pki)
+    port = server.port
+    assert f"listening on https://127.0.0.1:{port}/ (WebSocket wss://127.0.0.1:{port}/)" in (
+        server.log()
+    )
+    url = f"wss://127.0.0.1:{port}/"
+    client = EchoClient(fast_settings(url, message_count=5, ca_file=str(pki.ca)))
+    stats = await asyncio.wait_for(client.run(), 15)
+    assert (stats.sent, stats.echoed, stats.mismatched, stats.connections) == (5, 5, 0, 1)
+
+
+async def test_page_and_same_origin_rule_use_https(server_process: ServerStarter, pki: Pki) -> None:
+    server = start_tls_server(server_process, pki, ALLOWED_ORIGINS="http://other.example")
+    port = server.port
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"https://127.0.0.1:{port}/", ssl=context) as page:
+            assert page.status == 200
+            assert page.content_type == "text/html"
+        # A page served over https sends its https origin: admitted as same-origin.
+        async with session.ws_connect(
+            f"wss://127.0.0.1:{port}/", origin=f"https://127.0.0.1:{port}", ssl=context
+        ) as ws:
+            await ws.send_str("over tls")
+            assert (await ws.receive_str(timeout=5)) == "over tls"
+        # The same host and port over plain http is another origin.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(
+                f"wss://127.0.0.1:{port}/", origin=f"http://127.0.0.1:{port}", ssl=context
+            )
+        assert refused.value.status == 403
+
+
+def test_client_without_the_ca_exits_1_with_one_clear_line(
+    server_process: ServerStarter, pki: Pki, tmp_path: Path
+) -> None:
+    server = start_tls_server(server_process, pki)
+    env = fast_client_env(WS_URL=f"wss://127.0.0.1:{server.port}/")
+    client = ClientProcess([], env, tmp_path)
+    try:
+        # Without the certificate check the client would retry for ever.
+        assert client.proc.wait(15) == 1, client.stderr()
+    finally:
+        client.kill()
+    last = client.stderr().strip().splitlines()[-1]
+    assert last.startswith("echo-client: cannot trust the TLS certificate of 'wss://127.0.0.1:")
+    assert "certificate verify failed" in last
+    assert "TLS_CA_FILE" in last
+    assert client.stdout() == ""
+
+
+async def test_client_refuses_a_certificate_for_another_host(
+    server_process: ServerStarter, pki: Pki, tmp_path: Path
+) -> None:
+    other_ca = trustme.CA()
+    wrong = other_ca.issue_cert("elsewhere.example")
+    cert, key, ca = tmp_path / "w.pem", tmp_path / "wk.pem", tmp_path / "wca.pem"
+    wrong.cert_chain_pems[0].write_to_path(str(cert))
+    wrong.private_key_pem.write_to_path(str(key))
+    other_ca.cert_pem.write_to_path(str(ca))
+    server = server_process(ready=False, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
+    unchecked = ssl.create_default_context()
+    unchecked.check_hostname = False
+    unchecked.verify_mode = ssl.CERT_NONE
+    wait_tls_ready(server, unchecked)
+    client = EchoClient(
+        fast_settings(f"wss://127.0.0.1:{server.port}/", message_count=1, ca_file=str(ca))
+    )
+    with pytest.raises(CertificateUntrusted) as caught:
+        await asyncio.wait_for(client.run(), 10)
+    assert "127.0.0.1" in caught.value.reason
+
+
+def _run_server(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "echo.server"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "name", "expected"),
+    [
+        ({"TLS_CERT_FILE": "cert"}, "TLS_KEY_FILE", "since TLS_CERT_FILE is set"),
+        ({"TLS_KEY_FILE": "key"}, "TLS_CERT_FILE", "since TLS_KEY_FILE is set"),
+        ({"TLS_CERT_FILE": "missing", "TLS_KEY_FILE": "key"}, "TLS_CERT_FILE", "No such file"),
+        ({"TLS_CERT_FILE": "cert", "TLS_KEY_FILE": "missing"}, "TLS_KEY_FILE", "No such file"),
+        ({"TLS_CERT_FILE": "key", "TLS_KEY_FILE": "key"}, "TLS_CERT_FILE", "PEM certificate"),
+        ({"TLS_CERT_FILE": "cert", "TLS_KEY_FILE": "other_key"}, "TLS_KEY_FILE", "private key"),
+        ({"TLS_CERT_FILE": "cert", "TLS_KEY_FILE": "cert"}, "TLS_KEY_FILE", "private key"),
+    ],
+)
+def test_bad_tls_settings_exit_2_with_one_line(
+    pki: Pki, tmp_path: Path, files: dict[str, str], name: str, expected: str
+) -> None:
+    paths = {"cert": pki.cert, "key": pki.key, "other_key": pki.other_key}
+    variables = {var: str(paths.get(which, tmp_path / which)) for var, which in files.items()}
+    result = _run_server(clean_env(PORT="0", HOST="127.0.0.1", **variables), tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"echo-server: invalid {name}="), lines[0]
+    assert expected in lines[0]
+
+
+def test_tls_settings_are_read(pki: Pki) -> None:
+    settings = ServerSettings.from_env(
+        {"TLS_CERT_FILE": str(pki.cert), "TLS_KEY_FILE": str(pki.key)}
+    )
+    assert settings.tls
+    assert (settings.tls_cert_file, settings.tls_key_file) == (str(pki.cert), str(pki.key))
+    assert not ServerSettings.from_env({}).tls
+
+
+def test_client_ca_file_is_validated(pki: Pki, tmp_path: Path) -> None:
+    env = {"WS_URL": "wss://127.0.0.1:1/"}
+    assert ClientSettings.from_env({**env, "TLS_CA_FILE": str(pki.ca)}).ca_file == str(pki.ca)
+    with pytest.raises(ConfigError, match=r"TLS_CA_FILE=.*No such file"):
+        ClientSettings.from_env({**env, "TLS_CA_FILE": str(tmp_path / "none.pem")})
+    with pytest.raises(ConfigError, match=r"TLS_CA_FILE=.*a PEM file of CA certificates"):
+        ClientSettings.from_env({**env, "TLS_CA_FILE": str(pki.key)})
+
+
+def test_client_bad_ca_file_exits_2(tmp_path: Path) -> None:
+    env = fast_client_env(WS_URL="wss://127.0.0.1:1/", TLS_CA_FILE=str(tmp_path / "none.pem"))
+    result = subprocess.run(
+        [sys.executable, "-m", "echo.client"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("echo-client: invalid TLS_CA_FILE=")
+    assert len(result.stderr.strip().splitlines()) == 1
