@@ -33,7 +33,7 @@ from aiohttp import WSMsgType, hdrs
 
 from echo.backoff import Backoff, parse_retry_after
 from echo.config import ClientSettings, ConfigError, load_environment
-from echo.logs import configure_logging
+from echo.logs import configure_logging, event
 from echo.payloads import Payloads
 from echo.text import preview
 from echo.tls import client_context
@@ -155,6 +155,14 @@ class EchoClient:
             self._payloads.kind.value,
             settings.message_interval * 1000,
             f", {settings.message_count} in all" if settings.message_count else "",
+            extra=event(
+                "start",
+                url=settings.url,
+                origin=settings.origin,
+                kind=self._payloads.kind.value,
+                interval=settings.message_interval,
+                count=settings.message_count,
+            ),
         )
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.heartbeat_interval)
         try:
@@ -168,13 +176,19 @@ class EchoClient:
                             self._backoff.reset()
                         if self._stopping or self._finished.is_set():
                             break
-                        log.warning("connection lost: %s", reason)
+                        log.warning(
+                            "connection lost: %s", reason, extra=event("lost", reason=reason)
+                        )
                     elif self._stopping:
                         break
                     delay = self._backoff.next_delay()
                     if retry_after is not None:
                         delay = max(delay, self._backoff.spread(retry_after))
-                    log.info("reconnecting in %.3f s", delay)
+                    log.info(
+                        "reconnecting in %.3f s",
+                        delay,
+                        extra=event("backoff", delay=round(delay, 3)),
+                    )
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop_requested.wait(), delay)
         finally:
@@ -214,17 +228,32 @@ class EchoClient:
                 retry_after = parse_retry_after(
                     headers.get(hdrs.RETRY_AFTER) if headers is not None else None
                 )
-                log.info("server busy (HTTP %d), Retry-After=%s", error.status, retry_after)
+                log.info(
+                    "server busy (HTTP %d), Retry-After=%s",
+                    error.status,
+                    retry_after,
+                    extra=event("busy", status=error.status, retry_after=retry_after),
+                )
                 return None, retry_after
-            log.warning("handshake refused: HTTP %d %s", error.status, preview(error.message))
+            log.warning(
+                "handshake refused: HTTP %d %s",
+                error.status,
+                preview(error.message),
+                extra=event("refused", status=error.status, reason=preview(error.message)),
+            )
             return None, None
         if isinstance(error, aiohttp.ClientConnectorCertificateError):
             raise CertificateUntrusted(settings.url, _certificate_reason(error))
         if isinstance(error, TimeoutError):
-            log.info("cannot connect: no handshake within %g s", settings.heartbeat_interval)
+            log.info(
+                "cannot connect: no handshake within %g s",
+                settings.heartbeat_interval,
+                extra=event("connect_failed", reason="handshake timeout"),
+            )
             return None, None
         if isinstance(error, aiohttp.ClientError | OSError):
-            log.info("cannot connect: %s", preview(str(error) or type(error).__name__))
+            reason = preview(str(error) or type(error).__name__)
+            log.info("cannot connect: %s", reason, extra=event("connect_failed", reason=reason))
             return None, None
         raise error
 
@@ -257,6 +286,12 @@ class EchoClient:
             self.settings.url,
             self.stats.connections,
             len(self._tracker.pending),
+            extra=event(
+                "connected",
+                url=self.settings.url,
+                connection=self.stats.connections,
+                resend=len(self._tracker.pending),
+            ),
         )
         sender = asyncio.create_task(self._send(ws), name="echo-client-send")
         receiver = asyncio.create_task(self._receive(ws), name="echo-client-receive")
@@ -340,9 +375,22 @@ class EchoClient:
                     kind.value,
                     len(data),
                     result.rtt * 1000,
+                    extra=event(
+                        "echo",
+                        seq=message.seq,
+                        kind=kind.value,
+                        size=len(data),
+                        rtt_ms=round(result.rtt * 1000, 3),
+                    ),
                 )
             else:
-                log.info("echo seq=%d %s %dB", message.seq, kind.value, len(data))
+                log.info(
+                    "echo seq=%d %s %dB",
+                    message.seq,
+                    kind.value,
+                    len(data),
+                    extra=event("echo", seq=message.seq, kind=kind.value, size=len(data)),
+                )
         elif result.match is Match.MISMATCHED and message is not None:
             log.warning(
                 "mismatch seq=%d: sent %s %s, got %s %s",
@@ -351,9 +399,22 @@ class EchoClient:
                 preview(message.payload, 60),
                 kind.value,
                 preview(data, 60),
+                extra=event(
+                    "mismatch",
+                    seq=message.seq,
+                    sent_kind=message.kind.value,
+                    sent_size=len(message.payload),
+                    kind=kind.value,
+                    size=len(data),
+                ),
             )
         else:
-            log.warning("unexpected %s message %s", kind.value, preview(data, 60))
+            log.warning(
+                "unexpected %s message %s",
+                kind.value,
+                preview(data, 60),
+                extra=event("unexpected", kind=kind.value, size=len(data)),
+            )
         self._check_finished()
 
 
@@ -433,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         print(f"echo-client: {error}", file=sys.stderr)
         sys.exit(2)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     client = EchoClient(settings)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

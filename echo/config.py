@@ -144,6 +144,7 @@ class ServerSettings:
     log_level: str = "info"
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    log_format: str = "text"
 
     @property
     def tls(self) -> bool:
@@ -176,6 +177,7 @@ class ServerSettings:
             log_level=r.choice("LOG_LEVEL", "info", LOG_LEVELS),
             tls_cert_file=cert_file,
             tls_key_file=key_file,
+            log_format=r.choice("LOG_FORMAT", "text", LOG_FORMATS),
         )
 
 
@@ -269,6 +271,7 @@ class ClientSettings:
     binary: bool = False
     log_level: str = "info"
     ca_file: str = ""
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.origin:
@@ -331,4 +334,5 @@ class ClientSettings:
             binary=Reader(flags).boolean("--binary", False),
             log_level=env_reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             ca_file=read_ca_file(env_reader),
+            log_format=env_reader.choice("LOG_FORMAT", "text", LOG_FORMATS),
         )

@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, hdrs, web
 from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
 from echo.limits import ConnectionLimiter, Refusal
-from echo.logs import configure_logging
+from echo.logs import clip, configure_logging, event
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.text import preview
@@ -110,6 +110,7 @@ class EchoServer:
             request.remote,
             "-" if origin is None else preview(origin),
             reason.value,
+            extra=event("refused", remote=request.remote, origin=clip(origin), reason=reason.value),
         )
         headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
         return web.Response(status=status, text=text + "\n", headers=headers)
@@ -144,13 +145,16 @@ class EchoServer:
                 conn.id,
                 remote,
                 "-" if origin is None else preview(origin),
+                extra=event("open", conn=conn.id, remote=remote, origin=clip(origin)),
             )
             try:
                 await self.serve(ws, conn)
             except ConnectionError:
                 pass  # the peer vanished mid-send: an abnormal closure, not our fault
             except Exception:
-                log.exception("error id=%s; closing with 1011", conn.id)
+                log.exception(
+                    "error id=%s; closing with 1011", conn.id, extra=event("error", conn=conn.id)
+                )
                 await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
             finally:
                 del self.connections[ws]
@@ -205,15 +209,28 @@ class EchoServer:
                 return
 
     def _log_closed(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+        code = ws.close_code if ws.close_code is not None else protocol.ABNORMAL_CLOSURE
+        duration = time.monotonic() - conn.opened
         log.info(
             "close id=%s code=%s duration=%.3fs in=%d/%dB out=%d/%dB",
             conn.id,
-            ws.close_code if ws.close_code is not None else protocol.ABNORMAL_CLOSURE,
-            time.monotonic() - conn.opened,
+            code,
+            duration,
             conn.messages_in,
             conn.bytes_in,
             conn.messages_out,
             conn.bytes_out,
+            extra=event(
+                "close",
+                conn=conn.id,
+                remote=conn.remote,
+                code=code,
+                duration=round(duration, 3),
+                messages_in=conn.messages_in,
+                bytes_in=conn.bytes_in,
+                messages_out=conn.messages_out,
+                bytes_out=conn.bytes_out,
+            ),
         )
 
     # -- lifecycle --------------------------------------------------------------------
@@ -222,7 +239,8 @@ class EchoServer:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
         if not self.connections:
             return
-        log.info("shutdown: closing %d connection(s)", len(self.connections))
+        count = len(self.connections)
+        log.info("shutdown: closing %d connection(s)", count, extra=event("shutdown", open=count))
         closers = []
         for ws, conn in list(self.connections.items()):
             conn.closer = asyncio.ensure_future(
@@ -233,7 +251,11 @@ class EchoServer:
         for task in pending:
             task.cancel()  # aiohttp aborts the transport when its close is cancelled
         if pending:
-            log.warning("shutdown: %d connection(s) did not close in time", len(pending))
+            log.warning(
+                "shutdown: %d connection(s) did not close in time",
+                len(pending),
+                extra=event("shutdown_timeout", unclosed=len(pending)),
+            )
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -269,7 +291,7 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
 def dev_app() -> web.Application:
     """App factory for ``adev runserver``: the same settings as ``echo-server``."""
     settings = ServerSettings.from_env(load_environment())
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # adev injects its live-reload script, served with its WebSocket on PORT + 1.
     return create_app(settings, development_options(settings.port + 1))
 
@@ -321,9 +343,10 @@ async def serve_until_signal(settings: ServerSettings) -> None:
                 ws,
                 shown,
                 port,
+                extra=event("listening", url=f"{http}://{shown}:{port}/", tls=settings.tls),
             )
         await stop.wait()
-        log.info("signal received, shutting down")
+        log.info("signal received, shutting down", extra=event("signal"))
     finally:
         await runner.cleanup()
 
@@ -349,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         print(f"echo-server: {error}", file=sys.stderr)
         sys.exit(2)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve_until_signal(settings))

@@ -1,0 +1,140 @@
+"""LOG_FORMAT=json: one JSON object per line with fixed field names, server and client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from echo.config import ClientSettings, ConfigError, ServerSettings
+from echo.logs import JsonFormatter, clip, event
+from tests.client_support import fast_client_env
+from tests.support import ServerProcess
+
+ServerStarter = Callable[..., ServerProcess]
+TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of ``text`` parsed as a JSON object with time, level and event first."""
+    records = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        assert list(record)[:3] == ["time", "level", "event"], line
+        assert TIME.match(record["time"]), line
+        assert record["level"] in ("debug", "info", "warning", "error"), line
+        records.append(record)
+    return records
+
+
+def only(records: list[dict[str, Any]], name: str, **match: Any) -> dict[str, Any]:
+    found = [r for r in records if r["event"] == name and match.items() <= r.items()]
+    assert len(found) == 1, (name, match, records)
+    return found[0]
+
+
+async def test_server_json_log_of_open_close_and_refusals(server_process: ServerStarter) -> None:
+    server = server_process(
+        LOG_FORMAT="json",
+        ALLOWED_ORIGINS="http://good.example",
+        ALLOW_MISSING_ORIGIN="false",
+        MAX_CONNECTIONS_PER_IP="1",
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.url, origin="http://good.example") as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive_str(timeout=5)) == "hi"
+            with pytest.raises(aiohttp.WSServerHandshakeError):  # the address's one slot is taken
+                await session.ws_connect(server.url, origin="http://good.example")
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await session.ws_connect(server.url, origin='http://evil"}{"event":"x')
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    records = json_lines(server.log())
+
+    listening = only(records, "listening")
+    assert listening["url"] == f"http://127.0.0.1:{server.port}/"
+    opened = only(records, "open")
+    assert list(opened)[3:5] == ["conn", "remote"]
+    assert opened["conn"] == "c1"
+    assert opened["remote"] == "127.0.0.1"
+    assert opened["origin"] == "http://good.example"
+    assert opened["level"] == "info"
+    closed = only(records, "close")
+    assert list(closed)[3:5] == ["conn", "remote"]
+    assert (closed["conn"], closed["remote"], closed["code"]) == ("c1", "127.0.0.1", 1000)
+    assert isinstance(closed["duration"], float)
+    assert 0 <= closed["duration"] < 60
+    assert (closed["messages_in"], closed["bytes_in"]) == (1, 2)
+    assert (closed["messages_out"], closed["bytes_out"]) == (1, 2)
+    limited = only(records, "refused", reason="per_ip_limit")
+    assert (limited["remote"], limited["origin"]) == ("127.0.0.1", "http://good.example")
+    refused = only(records, "refused", reason="origin")
+    assert refused["origin"] == 'http://evil"}{"event":"x'  # escaped by JSON: no forged record
+    only(records, "signal")
+
+
+def test_client_json_log(server_process: ServerStarter, tmp_path: Path) -> None:
+    server = server_process()
+    result = subprocess.run(
+        [sys.executable, "-m", "echo.client", "--url", server.url, "--count", "3"],
+        env=fast_client_env(LOG_FORMAT="json"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("summary sent=3 echoed=3 "), "the summary stays text"
+    records = json_lines(result.stderr)
+    assert only(records, "start")["url"] == server.url
+    assert only(records, "connected")["connection"] == 1
+    echoes = [r for r in records if r["event"] == "echo"]
+    assert [r["seq"] for r in echoes] == [1, 2, 3]
+    assert all(r["kind"] == "text" and r["size"] > 0 for r in echoes)
+
+
+def test_text_format_is_the_default_and_unchanged(server_process: ServerStarter) -> None:
+    server = server_process()
+    line = server.log().splitlines()[0]
+    assert re.match(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO echo\.server: listening on http://", line
+    ), line
+
+
+def test_formatter_puts_records_without_an_event_under_log() -> None:
+    formatter = JsonFormatter()
+    plain = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "bad %s", ("x",), None)
+    assert json.loads(formatter.format(plain))["event"] == "log"
+    assert json.loads(formatter.format(plain))["message"] == "bad x"
+    assert json.loads(formatter.format(plain))["logger"] == "aiohttp.server"
+    evented = logging.LogRecord("echo.server", logging.INFO, __file__, 1, "open", (), None)
+    evented.__dict__.update(event("open", origin="o", remote="r", conn="c9"))
+    assert list(json.loads(formatter.format(evented))) == [
+        "time",
+        "level",
+        "event",
+        "conn",
+        "remote",
+        "origin",
+    ]
+    assert clip("a" * 200, 10) == "a" * 10 + "..."
+
+
+def test_log_format_is_validated() -> None:
+    assert ServerSettings.from_env({"LOG_FORMAT": "JSON"}).log_format == "json"
+    assert ClientSettings.from_env({"LOG_FORMAT": "json"}).log_format == "json"
+    assert ServerSettings.from_env({}).log_format == "text"
+    with pytest.raises(ConfigError, match=r"LOG_FORMAT='yaml': expected one of text, json"):
+        ServerSettings.from_env({"LOG_FORMAT": "yaml"})
