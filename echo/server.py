@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, hdrs, web
 
 from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
+from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
 from echo.origins import Origin, own_origin, parse_origin
@@ -284,6 +285,7 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app.router.add_get("/", server.root)
     add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
+    add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
     app.on_shutdown.append(server.shutdown)
     return app
 
