@@ -128,6 +128,7 @@ async def test_slow_body_is_cut_off_with_408(start_app: ServerFactory) -> None:
     request = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
     status, body = await raw_request(server.port, request)
     assert status == 408
+    assert b"too slow" in body
 
 
 async def test_served_paths_keep_their_handlers(start_app: ServerFactory) -> None:
