@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 from yarl import URL
 
 from echo.origins import Origin, parse_origin
+from echo.proxies import Network, parse_trusted_proxies
 from echo.text import preview
 from echo.tls import client_context, server_context
 
@@ -145,6 +146,7 @@ class ServerSettings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     log_format: str = "text"
+    trusted_proxies: tuple[Network, ...] = ()
 
     @property
     def tls(self) -> bool:
@@ -178,6 +180,12 @@ class ServerSettings:
             tls_cert_file=cert_file,
             tls_key_file=key_file,
             log_format=r.choice("LOG_FORMAT", "text", LOG_FORMATS),
+            trusted_proxies=r.custom(
+                "TRUSTED_PROXIES",
+                "",
+                parse_trusted_proxies,
+                "a comma-separated list of IP addresses or CIDR networks",
+            ),
         )
 
 

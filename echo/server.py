@@ -27,6 +27,7 @@ from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
+from echo.proxies import TrustedProxies
 from echo.text import preview
 from echo.tls import server_context
 
@@ -66,6 +67,7 @@ class EchoServer:
         self.connections: dict[web.WebSocketResponse, Connection] = {}
         self.started = time.monotonic()
         self._ids = itertools.count(1)
+        self.proxies = TrustedProxies(settings.trusted_proxies)
 
     # -- HTTP routes ------------------------------------------------------------------
 
@@ -87,6 +89,11 @@ class EchoServer:
 
     # -- admission --------------------------------------------------------------------
 
+    def client_address(self, request: web.Request) -> str:
+        """The peer, or the client a trusted proxy forwarded for (TRUSTED_PROXIES)."""
+        forwarded = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
+        return self.proxies.client_address(request.remote, forwarded) or "unknown"
+
     def origin_allowed(self, origin: str | None, request: web.Request) -> bool:
         """Apply ALLOWED_ORIGINS, ALLOW_MISSING_ORIGIN and the same-origin rule."""
         if origin is None:
@@ -106,12 +113,13 @@ class EchoServer:
 
     def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
         status, text = _REFUSAL_STATUS[reason]
+        remote = self.client_address(request)
         log.info(
             "refused remote=%s origin=%s reason=%s",
-            request.remote,
+            remote,
             "-" if origin is None else preview(origin),
             reason.value,
-            extra=event("refused", remote=request.remote, origin=clip(origin), reason=reason.value),
+            extra=event("refused", remote=remote, origin=clip(origin), reason=reason.value),
         )
         headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
         return web.Response(status=status, text=text + "\n", headers=headers)
@@ -122,7 +130,7 @@ class EchoServer:
         origin = request.headers.get(hdrs.ORIGIN)
         if not self.origin_allowed(origin, request):
             return self.refuse(request, Refusal.ORIGIN, origin)
-        remote = request.remote or "unknown"
+        remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
             return self.refuse(request, refusal, origin)

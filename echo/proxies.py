@@ -1,0 +1,73 @@
+"""The client's address behind trusted reverse proxies (TRUSTED_PROXIES, X-Forwarded-For).
+
+Only a request whose peer is itself a trusted proxy may name another client address:
+X-Forwarded-For is then read from the right (each proxy appends the address it received
+the request from), skipping addresses that are trusted proxies too, and the first one
+that is not is the client. Anything to its left was written by the client and is
+ignored. From any other peer the header is ignored, so a client cannot pick the address
+its connections are counted and logged under.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
+    """Comma-separated IP addresses or CIDR networks; empty = none. ValueError otherwise."""
+    networks = []
+    for item in text.split(","):
+        item = item.strip()
+        if item:
+            networks.append(ipaddress.ip_network(item, strict=False))
+    return tuple(networks)
+
+
+def _address(text: str) -> Address | None:
+    """An address from a peer or an X-Forwarded-For entry (``[v6]`` allowed), or None."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class TrustedProxies:
+    """Decides a request's client address from its peer and X-Forwarded-For headers."""
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        self.networks = tuple(networks)
+
+    def trusts(self, address: Address) -> bool:
+        return any(address in network for network in self.networks)
+
+    def client_address(self, peer: str | None, forwarded_for: Iterable[str]) -> str | None:
+        """The client address: ``peer`` unless it is a trusted proxy that forwarded one.
+
+        ``forwarded_for`` are the X-Forwarded-For header values in the order received.
+        An entry that is not an IP address ends the walk: the address to its right
+        (the last one a trusted proxy vouched for) is used.
+        """
+        if not self.networks or peer is None:
+            return peer
+        current = _address(peer)
+        if current is None or not self.trusts(current):
+            return peer
+        entries = [entry for value in forwarded_for for entry in value.split(",")]
+        for entry in reversed(entries):
+            hop = _address(entry)
+            if hop is None:
+                break
+            current = hop
+            if not self.trusts(hop):
+                break
+        return str(current)

@@ -1,0 +1,126 @@
+"""TRUSTED_PROXIES: X-Forwarded-For names the client only when the peer is a trusted proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from echo.config import ConfigError, ServerSettings
+from echo.proxies import TrustedProxies, parse_trusted_proxies
+from echo.server import SERVER_KEY
+from tests.support import ServerFactory, clean_env, wait_until
+
+
+def proxies(text: str) -> TrustedProxies:
+    return TrustedProxies(parse_trusted_proxies(text))
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "xff", "client"),
+    [
+        ("", "127.0.0.1", ["198.51.100.1"], "127.0.0.1"),  # nothing trusted
+        ("10.0.0.0/8", "127.0.0.1", ["198.51.100.1"], "127.0.0.1"),  # peer not trusted
+        ("127.0.0.1", "127.0.0.1", [], "127.0.0.1"),  # no header
+        ("127.0.0.1", "127.0.0.1", ["198.51.100.1"], "198.51.100.1"),
+        # The right-most untrusted entry: what the client wrote on the left is ignored.
+        ("127.0.0.1", "127.0.0.1", ["1.1.1.1, 198.51.100.1"], "198.51.100.1"),
+        ("127.0.0.1,10.0.0.0/8", "127.0.0.1", ["6.6.6.6, 198.51.100.1, 10.1.2.3"], "198.51.100.1"),
+        (
+            "127.0.0.1,10.0.0.0/8",
+            "127.0.0.1",
+            ["6.6.6.6", "198.51.100.1", "10.1.2.3"],
+            "198.51.100.1",
+        ),
+        ("127.0.0.1,10.0.0.0/8", "127.0.0.1", ["10.9.9.9, 10.1.2.3"], "10.9.9.9"),  # all trusted
+        ("127.0.0.1", "127.0.0.1", ["198.51.100.1, junk"], "127.0.0.1"),  # malformed: stop
+        ("127.0.0.1", "127.0.0.1", ["junk, 198.51.100.1"], "198.51.100.1"),
+        ("::1", "::1", ["2001:db8::5"], "2001:db8::5"),
+        ("::1", "::1", ["[2001:db8::5]"], "2001:db8::5"),
+        ("127.0.0.0/8", "::ffff:127.0.0.1", ["::ffff:198.51.100.1"], "198.51.100.1"),
+    ],
+)
+def test_client_address(trusted: str, peer: str, xff: list[str], client: str) -> None:
+    assert proxies(trusted).client_address(peer, xff) == client
+
+
+def test_trusted_proxies_setting() -> None:
+    settings = ServerSettings.from_env({"TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.0/8 ,::1 "})
+    assert [str(n) for n in settings.trusted_proxies] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
+    assert ServerSettings.from_env({}).trusted_proxies == ()
+    with pytest.raises(ConfigError, match=r"TRUSTED_PROXIES='10\.0\.0\.0/33'"):
+        ServerSettings.from_env({"TRUSTED_PROXIES": "10.0.0.0/33"})
+
+
+def test_bad_trusted_proxies_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "echo.server"],
+        env=clean_env(PORT="0", HOST="127.0.0.1", TRUSTED_PROXIES="127.0.0.1,nginx"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "echo-server: invalid TRUSTED_PROXIES='127.0.0.1,nginx': "
+        "expected a comma-separated list of IP addresses or CIDR networks"
+    )
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str, xff: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, headers={"X-Forwarded-For": xff}) as ws:
+            yield ws
+
+
+async def handshake_status(url: str, xff: str) -> int:
+    try:
+        async with connected(url, xff):
+            return 101
+    except aiohttp.WSServerHandshakeError as error:
+        return error.status
+
+
+async def test_spoofed_xff_from_an_untrusted_peer_changes_nothing(
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "echo.server")
+    server = await start_app(max_connections_per_ip=1)
+    url = str(server.make_url("/"))
+    limiter = server.app[SERVER_KEY].limiter
+    async with connected(url, "198.51.100.1"):
+        assert limiter.held_by("127.0.0.1") == 1
+        assert limiter.held_by("198.51.100.1") == 0
+        # Another made-up address does not buy a second slot.
+        assert await handshake_status(url, "198.51.100.2") == 429
+    assert "remote=127.0.0.1" in caplog.text
+    assert "198.51.100" not in caplog.text
+
+
+async def test_trusted_proxy_gives_each_forwarded_client_its_own_slot(
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "echo.server")
+    server = await start_app(
+        max_connections_per_ip=1, trusted_proxies=parse_trusted_proxies("127.0.0.1")
+    )
+    url = str(server.make_url("/"))
+    limiter = server.app[SERVER_KEY].limiter
+    async with connected(url, "198.51.100.1"), connected(url, "6.6.6.6, 198.51.100.2"):
+        assert limiter.held_by("198.51.100.1") == 1
+        assert limiter.held_by("198.51.100.2") == 1
+        assert limiter.held_by("127.0.0.1") == 0
+        assert await handshake_status(url, "198.51.100.1") == 429  # that client's slot is taken
+    assert "open id=c1 remote=198.51.100.1 " in caplog.text
+    assert "open id=c2 remote=198.51.100.2 " in caplog.text
+    assert "refused remote=198.51.100.1 " in caplog.text
+    await wait_until(lambda: limiter.open == 0)
