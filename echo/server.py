@@ -29,7 +29,7 @@ from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.proxies import TrustedProxies
 from echo.text import preview
-from echo.tls import server_context
+from echo.tls import TLSSite, server_context
 
 log = logging.getLogger("echo.server")
 
@@ -330,12 +330,19 @@ async def serve_until_signal(settings: ServerSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        ssl_context = (
-            server_context(settings.tls_cert_file, settings.tls_key_file) if settings.tls else None
-        )
-        site = web.TCPSite(
-            runner, settings.host, settings.port, backlog=1024, ssl_context=ssl_context
-        )
+        site: web.TCPSite
+        if settings.tls:
+            context = server_context(settings.tls_cert_file, settings.tls_key_file)
+            site = TLSSite(
+                runner,
+                settings.host,
+                settings.port,
+                ssl_context=context,
+                handshake_timeout=settings.handshake_timeout,
+                backlog=1024,
+            )
+        else:
+            site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
         try:
             await site.start()
         except OSError as error:

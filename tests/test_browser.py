@@ -17,6 +17,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
 
 from tests.support import ServerProcess, wait_until
+from tests.tls_support import make_pki, start_tls_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -187,3 +188,25 @@ async def test_page_pointed_at_a_server_that_lists_its_origin_connects(
     await expect(page.get_by_role("log").locator("li.received")).to_contain_text("over there")
     assert f"origin='{other.http}'" in target.log()
     assert "open id=" not in other.log()
+
+
+async def test_page_over_https_connects_with_wss(
+    browser: Browser, server_process: StartServer, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    server = start_tls_server(server_process, pki, **DEFAULT_ORIGINS)
+    origin = f"https://127.0.0.1:{server.port}"
+    # The throwaway CA is not in Chromium's store; the context accepts its certificate.
+    context = await browser.new_context(ignore_https_errors=True)
+    try:
+        page = await context.new_page()
+        await open_console(page, origin + "/")
+        await expect(page.get_by_role("status")).to_have_text("open")
+        await page.get_by_role("textbox", name="Message", exact=True).fill("over wss")
+        await page.get_by_role("button", name="Send", exact=True).click()
+        received = page.get_by_role("log").locator("li.received")
+        await expect(received.filter(has_text="over wss")).to_have_count(1)
+    finally:
+        await context.close()
+    # Admitted by the same-origin rule, with the https origin of the page.
+    assert f"origin='{origin}'" in server.log()

@@ -6,13 +6,11 @@ Certificates come from a throwaway CA made by ``trustme`` for each test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -23,58 +21,14 @@ from echo.client import CertificateUntrusted, EchoClient
 from echo.config import ClientSettings, ConfigError, ServerSettings
 from tests.client_support import ClientProcess, fast_client_env, fast_settings
 from tests.support import ServerProcess, clean_env
+from tests.tls_support import Pki, make_pki, start_tls_server, wait_tls_ready
 
 ServerStarter = Callable[..., ServerProcess]
 
 
-@dataclass(frozen=True)
-class Pki:
-    """PEM files of a throwaway CA and a server certificate for 127.0.0.1 and localhost."""
-
-    ca: Path
-    cert: Path
-    key: Path
-    other_key: Path  # the key of a different certificate
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1", "localhost")
-    other = ca.issue_cert("127.0.0.1")
-    files = Pki(
-        ca=tmp_path / "ca.pem",
-        cert=tmp_path / "cert.pem",
-        key=tmp_path / "key.pem",
-        other_key=tmp_path / "other-key.pem",
-    )
-    ca.cert_pem.write_to_path(str(files.ca))
-    issued.cert_chain_pems[0].write_to_path(str(files.cert))
-    issued.private_key_pem.write_to_path(str(files.key))
-    other.private_key_pem.write_to_path(str(files.other_key))
-    return files
-
-
-def start_tls_server(start: ServerStarter, pki: Pki, **variables: str) -> ServerProcess:
-    """A server subprocess with the ``pki`` certificate, ready once https://…/healthz answers."""
-    server = start(ready=False, TLS_CERT_FILE=str(pki.cert), TLS_KEY_FILE=str(pki.key), **variables)
-    wait_tls_ready(server, ssl.create_default_context(cafile=str(pki.ca)))
-    return server
-
-
-def wait_tls_ready(server: ServerProcess, context: ssl.SSLContext) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {server.proc.returncode}: {server.log()}")
-        try:
-            url = f"https://127.0.0.1:{server.port}/healthz"
-            with urllib.request.urlopen(url, timeout=1, context=context):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"TLS server not ready: {server.log()}") from None
-            time.sleep(0.05)
+    return make_pki(tmp_path)
 
 
 async def test_server_over_tls_echoes_to_a_client_trusting_the_ca(
@@ -222,3 +176,17 @@ def test_client_bad_ca_file_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("echo-client: invalid TLS_CA_FILE=")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_silent_connection_on_the_tls_port_is_cut_after_handshake_timeout(
+    server_process: ServerStarter, pki: Pki
+) -> None:
+    # asyncio's own limit for a TLS handshake is 60 s; HANDSHAKE_TIMEOUT applies instead.
+    server = start_tls_server(server_process, pki, HANDSHAKE_TIMEOUT="300")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        assert await asyncio.wait_for(reader.read(1024), 10) == b""
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
