@@ -33,6 +33,10 @@ def test_defaults_match_the_documented_table() -> None:
         shutdown_timeout=10.0,
         compression=True,
         log_level="info",
+        tls_cert_file="",
+        tls_key_file="",
+        log_format="text",
+        trusted_proxies=(),
     )
 
 
