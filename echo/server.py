@@ -162,7 +162,9 @@ class EchoServer:
                 pass  # the peer vanished mid-send: an abnormal closure, not our fault
             except Exception:
                 log.exception(
-                    "error id=%s; closing with 1011", conn.id, extra=event("error", conn=conn.id)
+                    "error id=%s; closing with 1011",
+                    conn.id,
+                    extra=event("error", conn=conn.id, remote=remote),
                 )
                 await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
             finally:

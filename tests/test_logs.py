@@ -17,8 +17,9 @@ import pytest
 
 from echo.config import ClientSettings, ConfigError, ServerSettings
 from echo.logs import JsonFormatter, clip, event
+from echo.server import SERVER_KEY
 from tests.client_support import fast_client_env
-from tests.support import ServerProcess
+from tests.support import ServerFactory, ServerProcess
 
 ServerStarter = Callable[..., ServerProcess]
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -138,3 +139,27 @@ def test_log_format_is_validated() -> None:
     assert ServerSettings.from_env({}).log_format == "text"
     with pytest.raises(ConfigError, match=r"LOG_FORMAT='yaml': expected one of text, json"):
         ServerSettings.from_env({"LOG_FORMAT": "yaml"})
+
+
+async def test_error_event_carries_the_connection_and_the_traceback(
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "echo.server")
+    server = await start_app()
+    echo = server.app[SERVER_KEY]
+
+    async def faulty(ws: Any, conn: Any) -> None:
+        await ws.receive()
+        raise RuntimeError("injected fault")
+
+    echo.serve = faulty
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.make_url("/")) as ws:
+            await ws.send_str("trigger")
+            assert (await ws.receive(timeout=5)).data == 1011
+    errors = [r for r in caplog.records if getattr(r, "event", None) == "error"]
+    assert len(errors) == 1
+    record = json.loads(JsonFormatter().format(errors[0]))
+    assert (record["event"], record["level"], record["conn"]) == ("error", "error", "c1")
+    assert record["remote"] == "127.0.0.1"
+    assert "RuntimeError: injected fault" in record["exception"]
