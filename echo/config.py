@@ -23,7 +23,7 @@ from yarl import URL
 from echo.origins import Origin, parse_origin
 from echo.proxies import Network, parse_trusted_proxies
 from echo.text import preview
-from echo.tls import client_context, server_context
+from echo.tls import EncryptedKeyError, client_context, server_context
 
 T = TypeVar("T")
 
@@ -217,6 +217,8 @@ def read_tls_files(r: Reader) -> tuple[str, str]:
             raise ConfigError(name, path, f"a readable PEM {what} file ({problem})")
     try:
         server_context(cert, key)
+    except EncryptedKeyError:
+        raise ConfigError("TLS_KEY_FILE", key, "an unencrypted PEM private key") from None
     except (ssl.SSLError, OSError) as error:
         reason = getattr(error, "reason", None) or str(error)
         try:

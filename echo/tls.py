@@ -13,15 +13,24 @@ import ssl
 from aiohttp import web
 
 
+class EncryptedKeyError(ValueError):
+    """The private key is encrypted; the server takes unencrypted keys only."""
+
+
+def _refuse_password() -> str:
+    # Without a callback OpenSSL would prompt on the terminal and block start-up.
+    raise EncryptedKeyError("the private key is encrypted")
+
+
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """A server context with ``cert_file`` (PEM, chain allowed) and its ``key_file``.
 
-    Raises OSError if a file cannot be read and ssl.SSLError if they are not a PEM
-    certificate and the matching private key.
+    Raises OSError if a file cannot be read, ssl.SSLError if they are not a PEM
+    certificate and the matching private key, EncryptedKeyError if the key is encrypted.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
+    context.load_cert_chain(cert_file, key_file, password=_refuse_password)
     return context
 
 

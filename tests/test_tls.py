@@ -129,12 +129,18 @@ def _run_server(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[s
         ({"TLS_CERT_FILE": "key", "TLS_KEY_FILE": "key"}, "TLS_CERT_FILE", "PEM certificate"),
         ({"TLS_CERT_FILE": "cert", "TLS_KEY_FILE": "other_key"}, "TLS_KEY_FILE", "private key"),
         ({"TLS_CERT_FILE": "cert", "TLS_KEY_FILE": "cert"}, "TLS_KEY_FILE", "private key"),
+        ({"TLS_CERT_FILE": "cert", "TLS_KEY_FILE": "encrypted_key"}, "TLS_KEY_FILE", "unencrypted"),
     ],
 )
 def test_bad_tls_settings_exit_2_with_one_line(
     pki: Pki, tmp_path: Path, files: dict[str, str], name: str, expected: str
 ) -> None:
-    paths = {"cert": pki.cert, "key": pki.key, "other_key": pki.other_key}
+    paths = {
+        "cert": pki.cert,
+        "key": pki.key,
+        "other_key": pki.other_key,
+        "encrypted_key": pki.encrypted_key,
+    }
     variables = {var: str(paths.get(which, tmp_path / which)) for var, which in files.items()}
     result = _run_server(clean_env(PORT="0", HOST="127.0.0.1", **variables), tmp_path)
     assert result.returncode == 2, result.stderr

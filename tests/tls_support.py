@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from tests.support import ServerProcess
 
@@ -24,6 +25,7 @@ class Pki:
     cert: Path
     key: Path
     other_key: Path  # the key of a different certificate
+    encrypted_key: Path  # ``key``, encrypted with a passphrase
 
 
 def make_pki(tmp_path: Path) -> Pki:
@@ -35,11 +37,20 @@ def make_pki(tmp_path: Path) -> Pki:
         cert=tmp_path / "cert.pem",
         key=tmp_path / "key.pem",
         other_key=tmp_path / "other-key.pem",
+        encrypted_key=tmp_path / "encrypted-key.pem",
     )
     ca.cert_pem.write_to_path(str(files.ca))
     issued.cert_chain_pems[0].write_to_path(str(files.cert))
     issued.private_key_pem.write_to_path(str(files.key))
     other.private_key_pem.write_to_path(str(files.other_key))
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    files.encrypted_key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
     return files
 
 
