@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import ssl
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import trustme
 
 from echo.client import CertificateUntrusted, EchoClient
 from echo.config import ClientSettings, ConfigError, ServerSettings
-from tests.client_support import ClientProcess, fast_client_env, fast_settings
+from tests.client_support import ClientProcess, fast_client_env, fast_settings, parse_summary
 from tests.support import ServerProcess, clean_env
 from tests.tls_support import Pki, make_pki, start_tls_server, wait_tls_ready
 
@@ -196,3 +197,31 @@ async def test_silent_connection_on_the_tls_port_is_cut_after_handshake_timeout(
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+def test_client_over_wss_survives_a_server_kill_and_loses_nothing(
+    server_process: ServerStarter, pki: Pki, tmp_path: Path
+) -> None:
+    first = start_tls_server(server_process, pki)
+    url = f"wss://127.0.0.1:{first.port}/"
+    env = fast_client_env(WS_URL=url, TLS_CA_FILE=str(pki.ca), LOG_FORMAT="json")
+    client = ClientProcess([], env, tmp_path)
+    try:
+        client.wait_for_log(r'"event": "echo"', count=5)
+        first.signal(signal.SIGKILL)
+        first.wait()
+        client.wait_for_log(r'"event": "lost"')
+        second = start_tls_server(server_process, pki, PORT=str(first.port))
+        client.wait_for_log(r'"event": "connected".*"connection": 2')
+        before = client.stderr().count('"event": "echo"')
+        client.wait_for_log(r'"event": "echo"', count=before + 5)
+        assert client.stop(signal.SIGINT) == 0, client.stderr()
+    finally:
+        client.kill()
+    summary = parse_summary(client.stdout())
+    assert summary["echoed"] == summary["sent"], summary
+    assert summary["mismatched"] == "0"
+    assert int(summary["reconnects"]) >= 1
+    assert '"event": "open"' not in second.log(), "the server logs text by default"
+    assert "open id=c1" in second.log()
+    client.assert_no_leaks_reported()
