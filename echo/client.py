@@ -44,6 +44,7 @@ log = logging.getLogger("echo.client")
 DRAIN_TIMEOUT = 5.0  # on stop, how long to wait for the echoes of messages in flight
 CLOSE_TIMEOUT = 5.0  # how long to wait for the server's close frame after ours
 HURRIED_CLOSE_TIMEOUT = 0.25  # the same after a second signal
+TRANSPORT_CLOSE_TIMEOUT = 1.0  # for the TLS shutdown after the closing handshake
 MAX_IN_FLIGHT = 100  # messages sent and not yet echoed; at the limit, production pauses
 MAX_IN_FLIGHT_BYTES = 64 << 20
 MIN_RECEIVE_LIMIT = 64 << 10
@@ -293,6 +294,7 @@ class EchoClient:
                 resend=len(self._tracker.pending),
             ),
         )
+        transport = _Transport.of(ws)
         sender = asyncio.create_task(self._send(ws), name="echo-client-send")
         receiver = asyncio.create_task(self._receive(ws), name="echo-client-receive")
         finished = asyncio.create_task(self._finished.wait(), name="echo-client-finished")
@@ -315,6 +317,10 @@ class EchoClient:
                         ws.close(code=aiohttp.WSCloseCode.OK),
                         HURRIED_CLOSE_TIMEOUT if self._hurry else None,
                     )
+            if transport is not None:
+                await transport.wait_closed(
+                    HURRIED_CLOSE_TIMEOUT if self._hurry else TRANSPORT_CLOSE_TIMEOUT
+                )
             for task in (receiver, finished):
                 task.cancel()
             results = await asyncio.gather(sender, receiver, finished, return_exceptions=True)
@@ -416,6 +422,48 @@ class EchoClient:
                 extra=event("unexpected", kind=kind.value, size=len(data)),
             )
         self._check_finished()
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _Transport:
+    """The transport under a WebSocket, to see it really closed before moving on.
+
+    aiohttp closes a connection's transport and forgets it (aiohttp issue #1925). A TLS
+    transport then still exchanges close_notify with the server; if the event loop ends
+    first, the socket is leaked (ResourceWarning at exit). ``wait_closed`` waits for
+    the end of that exchange, bounded, and aborts the transport if it takes too long.
+    aiohttp offers no public way to reach the transport of a WebSocket, hence the
+    private attribute; without it, nothing is waited for.
+    """
+
+    def __init__(self, protocol: aiohttp.client_proto.ResponseHandler) -> None:
+        self.protocol = protocol
+        self.transport = protocol.transport
+        self.closed = protocol.closed  # created now, so connection_lost will resolve it
+        if self.closed is not None:
+            # A connection lost with an error sets it; that is no news to anyone here.
+            self.closed.add_done_callback(_consume)
+
+    @classmethod
+    def of(cls, ws: WebSocket) -> _Transport | None:
+        response = getattr(ws, "_response", None)
+        connection = getattr(response, "connection", None)
+        protocol = getattr(connection, "protocol", None)
+        if isinstance(protocol, aiohttp.client_proto.ResponseHandler):
+            return cls(protocol)
+        return None
+
+    async def wait_closed(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for connection_lost; then abort the transport."""
+        if self.closed is None:
+            return  # connection_lost came already
+        done, _ = await asyncio.wait({self.closed}, timeout=grace)
+        if not done and self.transport is not None:
+            self.transport.abort()
 
 
 def _certificate_reason(error: aiohttp.ClientConnectorCertificateError) -> str:

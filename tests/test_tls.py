@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 import trustme
 
-from echo.client import CertificateUntrusted, EchoClient
+from echo.client import CertificateUntrusted, EchoClient, _Transport
 from echo.config import ClientSettings, ConfigError, ServerSettings
+from echo.tls import client_context
 from tests.client_support import ClientProcess, fast_client_env, fast_settings, parse_summary
 from tests.support import ServerProcess, clean_env
 from tests.tls_support import Pki, make_pki, start_tls_server, wait_tls_ready
@@ -225,3 +226,24 @@ def test_client_over_wss_survives_a_server_kill_and_loses_nothing(
     assert '"event": "open"' not in second.log(), "the server logs text by default"
     assert "open id=c1" in second.log()
     client.assert_no_leaks_reported()
+
+
+async def test_client_waits_for_the_tls_shutdown_of_each_connection(
+    server_process: ServerStarter, pki: Pki
+) -> None:
+    # aiohttp forgets a transport once it has closed it; a TLS one is still exchanging
+    # close_notify then, and would be leaked if the client's event loop ended first.
+    server = start_tls_server(server_process, pki)
+    context = client_context(str(pki.ca))
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(
+            f"wss://127.0.0.1:{server.port}/", ssl=context, decode_text=False
+        )
+        transport = _Transport.of(ws)
+        assert transport is not None, "aiohttp's internals changed: the transport is not found"
+        assert transport.closed is not None
+        await ws.close()
+        await transport.wait_closed(5)
+        assert transport.closed.done()
+        assert transport.transport is not None
+        assert transport.transport.is_closing()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import ssl
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,15 +62,24 @@ def start_tls_server(start: ServerStarter, pki: Pki, **variables: str) -> Server
 
 
 def wait_tls_ready(server: ServerProcess, context: ssl.SSLContext) -> None:
+    """Poll https://127.0.0.1:port/healthz until it answers 200 (15 s at most)."""
     deadline = time.monotonic() + 15
     while True:
         if server.proc.poll() is not None:
             raise RuntimeError(f"server exited with {server.proc.returncode}: {server.log()}")
+        # http.client rather than urllib: its close() also closes a socket whose TLS
+        # handshake failed, which urllib would leave to the garbage collector.
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", server.port, timeout=2, context=context
+        )
         try:
-            url = f"https://127.0.0.1:{server.port}/healthz"
-            with urllib.request.urlopen(url, timeout=1, context=context):
+            connection.request("GET", "/healthz")
+            if connection.getresponse().status == 200:
                 return
         except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"TLS server not ready: {server.log()}") from None
-            time.sleep(0.05)
+            pass
+        finally:
+            connection.close()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"TLS server not ready: {server.log()}")
+        time.sleep(0.05)
