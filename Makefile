@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install start dev test lint clean
+.PHONY: install start dev test soak lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ dev: install ## the server under adev runserver, reloaded on code change
 
 test: install ## the whole test suite
 	$(BIN)/python -m pytest
+
+soak: install ## the reliability suite at its long scale (see README, "Reliability")
+	SOAK=1 $(BIN)/python -m pytest -m soak
 
 lint: install ## ruff and mypy, both clean
 	$(BIN)/ruff check .

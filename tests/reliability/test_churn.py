@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.reliability.conftest import open_fds, record, rss_kib, scale
+from tests.reliability.conftest import record, rss_kib, scale
 from tests.reliability.probes import alarming_lines, stable_fds, wait_settled
 from tests.support import ServerProcess
 from tests.wsraw import OP_CLOSE, OP_TEXT, RawWebSocket, close_payload, encode_frame
