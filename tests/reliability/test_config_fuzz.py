@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from echo.config import ConfigError, ServerSettings
@@ -62,6 +62,7 @@ def check_one_line(error: ConfigError, name: str) -> None:
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(SERVER_VARIABLES), value=values)
+@example(name="HOST", value="\U0001d47b" * 60)  # short, but ten times longer escaped
 def test_any_value_parses_or_gives_a_one_line_error(name: str, value: str) -> None:
     try:
         ServerSettings.from_env({name: value})

@@ -28,6 +28,7 @@ HOSTILE_ORIGINS = [
     "https://evil.example\x07\x08\x7f",
     "https://evil.example\u202egnp.exe",
     "https://\u00ebvil.example",
+    "https://" + "\U0001d47b" * 60,  # short, but ten times longer once escaped
     "https://evil.example reason=origin remote=10.0.0.1",
     "https://evil.example\tINFO echo.server: open id=c1",
     LONG,
