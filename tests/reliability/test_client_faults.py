@@ -18,7 +18,7 @@ import pytest
 
 from tests.client_support import ClientProcess, fast_client_env, parse_summary
 from tests.reliability.conftest import record, scale
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess, free_port, wait_until
 
 pytestmark = pytest.mark.soak
 
@@ -63,9 +63,7 @@ async def test_clients_lose_nothing_while_the_server_is_killed_and_restarted(
         await asyncio.sleep(up_s)
         for client in clients:  # a gentle stop: unanswered messages are awaited first
             client.proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 60
-        while any(c.proc.poll() is None for c in clients) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: all(c.proc.poll() is not None for c in clients), timeout=60)
         codes = [c.proc.poll() for c in clients]
     finally:
         for client in clients:
