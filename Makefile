@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install start dev client dev-client test lint compliance clean
+.PHONY: install start dev client dev-client test soak lint compliance clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ dev-client: install ## the client, restarted when code in echo/ changes
 
 test: install ## the whole test suite
 	$(BIN)/python -m pytest
+
+soak: install ## the reliability suite at its long scale (see README, "Reliability")
+	SOAK=1 $(BIN)/python -m pytest -m soak
 
 compliance: install ## the Autobahn TestSuite (517 cases) against the real server
 	$(BIN)/python -m echo.compliance

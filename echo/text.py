@@ -14,6 +14,7 @@ def preview(value: str | bytes, limit: int = 120) -> str:
         text = repr(raw)
     else:
         text = repr(value[: limit + 1]).encode("ascii", "backslashreplace").decode("ascii")
-    if len(value) > limit:
+    # Escapes can make even a short value ten times longer; the cut applies to the result.
+    if len(value) > limit or len(text) > limit + 2:
         return f"{text[: limit + 2]}...({len(value)} total)"
     return text
