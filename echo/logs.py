@@ -21,11 +21,11 @@ import sys
 import time
 from typing import Any
 
-FIRST_FIELDS = ("conn", "remote")  # after time, level and event; then the event's own
-
 from aiohttp.http_exceptions import HttpProcessingError
 
 from echo.text import preview
+
+FIRST_FIELDS = ("conn", "remote")  # after time, level and event; then the event's own
 
 
 class BadRequestFilter(logging.Filter):
