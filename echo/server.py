@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, hdrs, web
 
 from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
+from echo.fastpath import EchoResponse
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import configure_logging
 from echo.origins import Origin, own_origin, parse_origin
@@ -129,7 +130,8 @@ class EchoServer:
         if refusal is not None:
             return self.refuse(request, refusal, origin)
         try:
-            ws = web.WebSocketResponse(
+            ws = EchoResponse(
+                max_message_size=self.settings.max_message_size,
                 autoping=True,
                 autoclose=False,
                 heartbeat=self.settings.heartbeat_interval,
@@ -164,10 +166,17 @@ class EchoServer:
             self.limiter.release(remote)
 
     async def serve(self, ws: web.WebSocketResponse, conn: Connection) -> None:
-        """Echo every data message back as it came, until the connection ends."""
+        """Echo every data message back as it came, until the connection ends.
+
+        Plain messages are echoed by the parser's queue (echo.fastpath) as they
+        arrive; this loop handles what that path hands on, and every message at debug
+        level, where each is logged.
+        """
         receive = ws.receive
         send_frame = ws.send_frame
         debug = log.isEnabledFor(logging.DEBUG)
+        if not debug and isinstance(ws, EchoResponse):
+            ws.start_echo(conn)
         limit = self.settings.max_message_size
         while True:
             msg = await receive()
