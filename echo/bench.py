@@ -159,7 +159,12 @@ def median(values: list[float | None]) -> float | None:
 
 
 def summarise(s: Scenario, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    keys = [s.metric] + (["rtt_p50_us", "rtt_p99_us", "cpu_s_per_1k"] if s.mode != "idle" else [])
+    if s.mode != "idle":
+        for r in results["real"] + results["reference"]:
+            cpu = r.get("cpu_s_per_1k")
+            r["per_cpu_s"] = 1000 / cpu if cpu else None
+    extra = ["per_cpu_s", "server_cpu_pct", "rtt_p50_us", "rtt_p99_us", "cpu_s_per_1k"]
+    keys = [s.metric] + (extra if s.mode != "idle" else [])
     summary: dict[str, Any] = {"metric": s.metric, "target": s.target}
     for key in keys:
         real = median([r.get(key) for r in results["real"]])
@@ -187,6 +192,8 @@ def table(plan: list[Scenario], summaries: list[dict[str, Any]]) -> str:
         "msgs_per_s": ("msgs/s", 0),
         "handshakes_per_s": ("handshakes/s", 0),
         "rss_per_conn_kib": ("KiB/conn (RSS)", 2),
+        "per_cpu_s": ("per server CPU-s", 0),
+        "server_cpu_pct": ("server CPU %", 0),
         "rtt_p50_us": ("RTT p50 us", 0),
         "rtt_p99_us": ("RTT p99 us", 0),
         "cpu_s_per_1k": ("CPU s/1k", 4),
@@ -200,7 +207,7 @@ def table(plan: list[Scenario], summaries: list[dict[str, Any]]) -> str:
                 continue
             row = summary[key]
             target = ""
-            if first and s.target is not None:
+            if (first or key == "per_cpu_s") and s.target is not None:
                 ok = row["ratio"] is not None and row["ratio"] >= s.target
                 target = f">={s.target:.2f}{' ok' if ok else ' NO'}"
             if first and s.mode == "idle":

@@ -131,7 +131,6 @@ class EchoServer:
             return self.refuse(request, refusal, origin)
         try:
             ws = EchoResponse(
-                max_message_size=self.settings.max_message_size,
                 autoping=True,
                 autoclose=False,
                 heartbeat=self.settings.heartbeat_interval,
@@ -175,9 +174,9 @@ class EchoServer:
         receive = ws.receive
         send_frame = ws.send_frame
         debug = log.isEnabledFor(logging.DEBUG)
-        if not debug and isinstance(ws, EchoResponse):
-            ws.start_echo(conn)
         limit = self.settings.max_message_size
+        if not debug and isinstance(ws, EchoResponse):
+            ws.start_echo(conn, limit)
         while True:
             msg = await receive()
             kind = msg.type

@@ -192,7 +192,7 @@ async def test_plain_messages_are_echoed_by_the_parser_without_waking_serve(
     parked, release = asyncio.Event(), asyncio.Event()
 
     async def parked_serve(ws: Any, conn: Any) -> None:
-        ws.start_echo(conn)
+        ws.start_echo(conn, echo.settings.max_message_size)
         parked.set()
         await asyncio.wait_for(release.wait(), 30)  # reads nothing: only the fast path echoes
         await original(ws, conn)
