@@ -163,7 +163,14 @@ def summarise(s: Scenario, results: dict[str, list[dict[str, Any]]]) -> dict[str
         for r in results["real"] + results["reference"]:
             cpu = r.get("cpu_s_per_1k")
             r["per_cpu_s"] = 1000 / cpu if cpu else None
-    extra = ["per_cpu_s", "server_cpu_pct", "rtt_p50_us", "rtt_p99_us", "cpu_s_per_1k"]
+    extra = [
+        "per_cpu_s",
+        "server_cpu_pct",
+        "client_cpu_pct",
+        "rtt_p50_us",
+        "rtt_p99_us",
+        "cpu_s_per_1k",
+    ]
     keys = [s.metric] + (extra if s.mode != "idle" else [])
     summary: dict[str, Any] = {"metric": s.metric, "target": s.target}
     for key in keys:
@@ -194,6 +201,7 @@ def table(plan: list[Scenario], summaries: list[dict[str, Any]]) -> str:
         "rss_per_conn_kib": ("KiB/conn (RSS)", 2),
         "per_cpu_s": ("per server CPU-s", 0),
         "server_cpu_pct": ("server CPU %", 0),
+        "client_cpu_pct": ("loadgen CPU %", 0),
         "rtt_p50_us": ("RTT p50 us", 0),
         "rtt_p99_us": ("RTT p99 us", 0),
         "cpu_s_per_1k": ("CPU s/1k", 4),

@@ -74,6 +74,11 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def server_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE
@@ -317,11 +322,11 @@ async def run_echo(p: dict[str, Any]) -> dict[str, Any]:
         c.start()
     await asyncio.sleep(p["warmup"])
     pid = p["server_pid"]
-    cpu0, t0 = server_cpu_seconds(pid), time.perf_counter()
+    cpu0, t0, own0 = server_cpu_seconds(pid), time.perf_counter(), own_cpu_seconds()
     stats.measuring = True
     await asyncio.sleep(p["duration"])
     stats.measuring = False
-    cpu1, t1 = server_cpu_seconds(pid), time.perf_counter()
+    cpu1, t1, own1 = server_cpu_seconds(pid), time.perf_counter(), own_cpu_seconds()
     await shut(clients, stats)
     p50, p99 = percentiles(stats.rtts)
     n = stats.messages
@@ -331,6 +336,7 @@ async def run_echo(p: dict[str, Any]) -> dict[str, Any]:
         "rtt_p99_us": None if p99 is None else p99 * 1e6,
         "cpu_s_per_1k": (cpu1 - cpu0) / n * 1000 if n else None,
         "server_cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+        "client_cpu_pct": (own1 - own0) / (t1 - t0) * 100,
         "messages": n,
         "errors": stats.errors,
         "first_error": stats.first_error,
@@ -394,11 +400,11 @@ async def run_handshakes(p: dict[str, Any]) -> dict[str, Any]:
     workers = [asyncio.ensure_future(worker()) for _ in range(p["connections"])]
     await asyncio.sleep(p["warmup"])
     pid = p["server_pid"]
-    cpu0, t0 = server_cpu_seconds(pid), time.perf_counter()
+    cpu0, t0, own0 = server_cpu_seconds(pid), time.perf_counter(), own_cpu_seconds()
     stats.measuring = True
     await asyncio.sleep(p["duration"])
     stats.measuring = False
-    cpu1, t1 = server_cpu_seconds(pid), time.perf_counter()
+    cpu1, t1, own1 = server_cpu_seconds(pid), time.perf_counter(), own_cpu_seconds()
     stats.running = False
     await asyncio.wait(workers, timeout=CONNECT_TIMEOUT + 5)
     p50, p99 = percentiles(stats.rtts)
@@ -409,6 +415,7 @@ async def run_handshakes(p: dict[str, Any]) -> dict[str, Any]:
         "rtt_p99_us": None if p99 is None else p99 * 1e6,
         "cpu_s_per_1k": (cpu1 - cpu0) / n * 1000 if n else None,
         "server_cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+        "client_cpu_pct": (own1 - own0) / (t1 - t0) * 100,
         "handshakes": n,
         "errors": stats.errors,
         "first_error": stats.first_error,

@@ -144,12 +144,13 @@ class EchoServer:
             await ws.prepare(request)
             conn = Connection(id=f"c{next(self._ids)}", remote=remote)
             self.connections[ws] = conn
-            log.info(
-                "open id=%s remote=%s origin=%s",
-                conn.id,
-                remote,
-                "-" if origin is None else preview(origin),
-            )
+            if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
+                log.info(
+                    "open id=%s remote=%s origin=%s",
+                    conn.id,
+                    remote,
+                    "-" if origin is None else preview(origin),
+                )
             try:
                 await self.serve(ws, conn)
             except ConnectionError:
