@@ -35,7 +35,7 @@ clean:
 
 .PHONY: bench bench-quick
 
-bench: install ## the benchmark: real server vs bare aiohttp, 3 rounds (a few minutes)
+bench: install ## the benchmark: real server vs bare aiohttp, 5 rounds (about 6 minutes)
 	$(BIN)/python -m echo.bench
 
 bench-quick: install ## a short benchmark run (about a minute), as in CI

@@ -240,13 +240,13 @@ def raise_fd_limit() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m echo.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short run for CI")
-    parser.add_argument("--rounds", type=int, help="alternations per scenario (3; quick 1)")
-    parser.add_argument("--duration", type=float, help="seconds measured (5; quick 1)")
+    parser.add_argument("--rounds", type=int, help="alternations per scenario (5; quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds measured (3; quick 1)")
     parser.add_argument("--only", help="run only scenarios whose name contains this")
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 3)
-    duration = args.duration or (1.0 if args.quick else 5.0)
+    rounds = args.rounds or (1 if args.quick else 5)
+    duration = args.duration or (1.0 if args.quick else 3.0)
     warmup = 0.3 if args.quick else 1.0
     raise_fd_limit()
     plan = [s for s in scenarios(args.quick) if not args.only or args.only in s.name]
