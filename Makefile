@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install start dev test lint clean
+.PHONY: install start dev client dev-client test lint compliance clean
 
 install: $(STAMP)
 
@@ -22,8 +22,17 @@ start: install ## run the server (PORT and the rest from the environment or .env
 dev: install ## the server under adev runserver, reloaded on code change
 	$(BIN)/python -m echo.dev
 
+client: install ## run the echo client (WS_URL and the rest from the environment or .env; flags in ARGS)
+	$(BIN)/echo-client $(ARGS)
+
+dev-client: install ## the client, restarted when code in echo/ changes
+	$(BIN)/watchfiles --filter python --target-type command '$(BIN)/python -m echo.client $(ARGS)' echo
+
 test: install ## the whole test suite
 	$(BIN)/python -m pytest
+
+compliance: install ## the Autobahn TestSuite (517 cases) against the real server
+	$(BIN)/python -m echo.compliance
 
 lint: install ## ruff and mypy, both clean
 	$(BIN)/ruff check .

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dotenv import dotenv_values
+from yarl import URL
 
 from echo.origins import Origin, parse_origin
 from echo.text import preview
@@ -25,6 +26,8 @@ T = TypeVar("T")
 
 MAX_DURATION_MS = 86_400_000  # one day: longer waits are a typo, not a wish
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_MESSAGE_COUNT = 10**12
+MAX_CLIENT_MESSAGE_SIZE = 1 << 30
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -160,4 +163,100 @@ class ServerSettings:
             shutdown_timeout=r.duration("SHUTDOWN_TIMEOUT", 10_000, low_ms=0),
             compression=r.boolean("COMPRESSION", True),
             log_level=r.choice("LOG_LEVEL", "info", LOG_LEVELS),
+        )
+
+
+def parse_ws_url(text: str) -> URL:
+    """An absolute ``ws://`` or ``wss://`` URL with a host (path and query allowed)."""
+    url = URL(text)
+    if url.scheme not in ("ws", "wss") or not url.is_absolute() or not url.host or url.fragment:
+        raise ValueError(text)
+    parse_origin(str(url.origin()))  # rejects hosts with spaces and other junk yarl lets by
+    return url
+
+
+def url_origin(url: URL) -> str:
+    """The Origin a page at ``url`` would send: ``scheme://host[:port]`` (default port omitted)."""
+    return str(url.origin())
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """Everything the echo client needs to know, already validated (durations in seconds).
+
+    ``size`` None means the original app's payload: a random number as text. An empty
+    ``origin`` is filled in from ``url``.
+    """
+
+    url: str = "ws://localhost:8080/"
+    origin: str = ""
+    reconnect_interval: float = 5.0
+    reconnect_max_interval: float = 30.0
+    message_interval: float = 1.0
+    message_count: int = 0
+    heartbeat_interval: float = 10.0
+    size: int | None = None
+    binary: bool = False
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.origin:
+            object.__setattr__(self, "origin", url_origin(URL(self.url)))
+
+    @property
+    def healthy_after(self) -> float:
+        """A connection that stayed up this long resets the back-off to its first step."""
+        return self.reconnect_max_interval
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], flags: Mapping[str, str] | None = None
+    ) -> ClientSettings:
+        """Read the environment, with command-line ``flags`` (keyed ``--url`` etc.) winning.
+
+        A bad value is reported under the name the user typed: the flag if it came from
+        the command line, the variable otherwise.
+        """
+        flags = flags or {}
+
+        def source(variable: str, flag: str | None = None) -> tuple[Reader, str]:
+            if flag is not None and flag in flags:
+                return Reader(flags), flag
+            return Reader(env), variable
+
+        url_expected = "an absolute ws:// or wss:// URL"
+        reader, name = source("WS_URL", "--url")
+        url = reader.custom(name, "ws://localhost:8080/", parse_ws_url, url_expected)
+        reader, name = source("ORIGIN", "--origin")
+        origin = reader.custom(
+            name, url_origin(url), lambda t: str(parse_origin(t)), "scheme://host[:port]"
+        )
+        env_reader = Reader(env)
+        first = env_reader.duration("RECONNECT_INTERVAL", 5_000)
+        cap_text = env_reader.raw("RECONNECT_MAX_INTERVAL", "30000")
+        cap = env_reader.duration("RECONNECT_MAX_INTERVAL", 30_000)
+        if cap < first:
+            raise ConfigError(
+                "RECONNECT_MAX_INTERVAL",
+                cap_text,
+                f"a duration of at least RECONNECT_INTERVAL ({round(first * 1000)} ms)",
+            )
+        reader, name = source("MESSAGE_INTERVAL", "--interval")
+        interval = reader.duration(name, 1_000)
+        reader, name = source("MESSAGE_COUNT", "--count")
+        count = reader.integer(name, 0, 0, MAX_MESSAGE_COUNT)
+        size = None
+        if "--size" in flags:
+            size = Reader(flags).integer("--size", 0, 1, MAX_CLIENT_MESSAGE_SIZE)
+        return cls(
+            url=str(url),
+            origin=origin,
+            reconnect_interval=first,
+            reconnect_max_interval=cap,
+            message_interval=interval,
+            message_count=count,
+            heartbeat_interval=env_reader.duration("CLIENT_HEARTBEAT_INTERVAL", 10_000),
+            size=size,
+            binary=Reader(flags).boolean("--binary", False),
+            log_level=env_reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
         )

@@ -35,6 +35,10 @@ def main() -> None:
             "dev_app",
             "--root",
             str(package),
+            # Without a static folder adev's watcher dies on the first non-Python edit;
+            # with it, editing the page's CSS restyles open pages, other files reload them.
+            "--static",
+            str(package / "page"),
             "--port",
             str(settings.port),
         ],

@@ -26,6 +26,7 @@ from echo.fastpath import EchoResponse
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import configure_logging
 from echo.origins import Origin, own_origin, parse_origin
+from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.text import preview
 
 log = logging.getLogger("echo.server")
@@ -33,12 +34,6 @@ log = logging.getLogger("echo.server")
 RETRY_AFTER_SECONDS = 1
 CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close frame after sending ours
 SHUTDOWN_MESSAGE = b"server shutting down"
-INDEX_TEXT = (
-    "echo: a WebSocket echo server.\n"
-    "Open a WebSocket to this URL (ws:// or wss://) and every message comes back\n"
-    "unchanged: text as text, binary as binary.\n"
-    "Health: GET /healthz\n"
-)
 
 _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
     Refusal.ORIGIN: (403, "origin not allowed"),
@@ -75,7 +70,7 @@ class EchoServer:
 
     async def root(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
-            return web.Response(text=INDEX_TEXT)
+            return request.app[PAGE_KEY].index(request)
         return await self.websocket(request)
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -264,12 +259,16 @@ class ListenError(RuntimeError):
 SERVER_KEY = web.AppKey("echo_server", EchoServer)
 
 
-def create_app(settings: ServerSettings) -> web.Application:
-    """Build the application for ``settings``; the EchoServer is at ``app[SERVER_KEY]``."""
+def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web.Application:
+    """Build the application for ``settings``; the EchoServer is at ``app[SERVER_KEY]``.
+
+    ``page`` says how the browser console at ``GET /`` is served (see echo.page).
+    """
     server = EchoServer(settings)
     app = web.Application(client_max_size=settings.max_message_size)
     app[SERVER_KEY] = server
     app.router.add_get("/", server.root)
+    add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
     app.on_shutdown.append(server.shutdown)
     return app
@@ -279,7 +278,8 @@ def dev_app() -> web.Application:
     """App factory for ``adev runserver``: the same settings as ``echo-server``."""
     settings = ServerSettings.from_env(load_environment())
     configure_logging(settings.log_level)
-    return create_app(settings)
+    # adev injects its live-reload script, served with its WebSocket on PORT + 1.
+    return create_app(settings, development_options(settings.port + 1))
 
 
 def runner_options(settings: ServerSettings) -> dict[str, Any]:

@@ -1,0 +1,189 @@
+"""The console page in a real browser: Debian's Chromium driven by Playwright.
+
+Every server here is a real ``echo.server`` subprocess, so the browser and the server
+share nothing but loopback sockets. One browser serves the whole module (launching one
+takes about a second); each test gets a fresh context, so pages share no state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
+
+from tests.support import ServerProcess, wait_until
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
+    "--disable-gpu",
+    "--disable-quic",
+    # Nothing but loopback: no lookups of Google's update and account hosts.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
+]
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+# The servers' default origin list, which never names the loopback ports used here:
+# the page is admitted by the same-origin rule alone.
+DEFAULT_ORIGINS = {"ALLOWED_ORIGINS": "http://localhost:3000", "ALLOW_MISSING_ORIGIN": "false"}
+
+expect.set_options(timeout=10_000)
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no browser: {CHROMIUM} missing (apt-get install chromium; .ci/run does)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 900, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    await context.close()
+
+
+async def open_console(page: Page, url: str) -> None:
+    response = await page.goto(url)
+    assert response is not None
+    assert response.ok
+    assert "content-security-policy" in response.headers
+
+
+async def test_page_echoes_text_and_binary(page: Page, server_process: StartServer) -> None:
+    server = server_process(**DEFAULT_ORIGINS)
+    await open_console(page, server.http + "/")
+    log = page.get_by_role("log")
+    state = page.get_by_role("status")
+    await expect(state).to_have_text("open")
+    received = log.locator("li.received")
+
+    await page.get_by_role("textbox", name="Message", exact=True).fill("hello, browser")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(received.filter(has_text="hello, browser")).to_have_count(1)
+    await expect(received.first).to_contain_text("text 14 B")
+    await expect(received.first).to_contain_text("rtt")
+
+    await page.get_by_label("Binary (hex)").check()
+    await page.get_by_role("textbox", name="Message", exact=True).fill("00 f")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(page.get_by_role("alert")).to_contain_text("Not hex")
+    await page.get_by_role("textbox", name="Message", exact=True).fill("00 ff 10 80")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(received.filter(has_text="binary 4 B")).to_contain_text("00 ff 10 80")
+    await expect(page.get_by_role("alert")).to_be_hidden()
+
+    five = FilePayload(name="five.bin", mimeType="application/octet-stream", buffer=bytes(5))
+    await page.get_by_label("Binary from a file").set_input_files(files=[five])
+    await page.get_by_role("button", name="Send file", exact=True).click()
+    await expect(received.filter(has_text="binary 5 B")).to_contain_text("00 00 00 00 00")
+    await expect(log.locator("li.sent")).to_have_count(3)
+    await expect(received).to_have_count(3)
+
+    await page.get_by_role("button", name="Disconnect", exact=True).click()
+    await expect(log.locator("li.event").last).to_contain_text("code 1000 normal closure")
+    await expect(state).to_have_text("closed")
+    assert f"origin='http://127.0.0.1:{server.port}'" in server.log()
+    await wait_until(lambda: "close id=c1 code=1000" in server.log())
+
+    await page.get_by_role("button", name="Connect", exact=True).click()
+    await expect(state).to_have_text("open")
+    REPORTS.mkdir(exist_ok=True)
+    await page.screenshot(path=REPORTS / "browser.png", full_page=True)
+
+
+async def test_page_reconnects_after_the_server_comes_back(
+    page: Page, server_process: StartServer
+) -> None:
+    first = server_process(**DEFAULT_ORIGINS)
+    await open_console(page, first.http + "/")
+    state = page.get_by_role("status")
+    connected = page.get_by_role("log").locator("li.event", has_text="connected")
+    await expect(state).to_have_text("open")
+    await expect(connected).to_have_count(1)
+
+    first.stop()  # SIGKILL: no close frame, the page sees 1006
+    await expect(page.get_by_role("log")).to_contain_text("code 1006")
+    await expect(state).to_contain_text("reconnecting")
+    await expect(page.get_by_role("alert")).to_contain_text("Cannot reach the server")
+
+    second = server_process(PORT=str(first.port), **DEFAULT_ORIGINS)
+    await expect(connected).to_have_count(2, timeout=20_000)
+    await expect(state).to_have_text("open")
+    await expect(page.get_by_role("alert")).to_be_hidden()
+    await page.get_by_role("textbox", name="Message", exact=True).fill("again")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(page.get_by_role("log").locator("li.received")).to_contain_text("again")
+    assert "open id=c1" in second.log()
+
+
+async def test_reconnection_can_be_turned_off(page: Page, server_process: StartServer) -> None:
+    server = server_process(**DEFAULT_ORIGINS)
+    await open_console(page, server.http + "/")
+    state = page.get_by_role("status")
+    await expect(state).to_have_text("open")
+    await page.get_by_label("Reconnect automatically").uncheck()
+    server.stop()
+    await expect(page.get_by_role("log")).to_contain_text("code 1006")
+    await expect(state).to_have_text("closed")
+    await expect(page.get_by_role("button", name="Connect", exact=True)).to_be_enabled()
+
+
+async def test_page_from_another_origin_is_refused_and_says_why(
+    page: Page, server_process: StartServer
+) -> None:
+    target = server_process(**DEFAULT_ORIGINS)
+    other = server_process(**DEFAULT_ORIGINS)
+    await open_console(page, f"{other.http}/?url={quote(target.url, safe='')}")
+    alert = page.get_by_role("alert")
+    await expect(alert).to_contain_text(f"Refused by the server at {target.url}")
+    await expect(alert).to_contain_text(f"origin {other.http} is not in its ALLOWED_ORIGINS")
+    await expect(page.get_by_role("status")).not_to_have_text("open")
+    # The server turned it away, not the page's own Content-Security-Policy.
+    await wait_until(lambda: f"origin='{other.http}' reason=origin" in target.log())
+    assert "open id=" not in target.log()
+    REPORTS.mkdir(exist_ok=True)
+    await page.screenshot(path=REPORTS / "browser-refused.png", full_page=True)
+
+
+async def test_page_says_when_the_server_is_full(page: Page, server_process: StartServer) -> None:
+    server = server_process(MAX_CONNECTIONS="1", **DEFAULT_ORIGINS)
+    await open_console(page, server.http + "/")
+    await expect(page.get_by_role("status")).to_have_text("open")
+    second = await page.context.new_page()
+    await open_console(second, server.http + "/")
+    await expect(second.get_by_role("alert")).to_contain_text(
+        "Refused: the server is full (1 of 1 connections open)"
+    )
+    await wait_until(lambda: "reason=limit" in server.log())
+
+
+async def test_page_pointed_at_a_server_that_lists_its_origin_connects(
+    page: Page, server_process: StartServer
+) -> None:
+    other = server_process(**DEFAULT_ORIGINS)
+    target = server_process(ALLOWED_ORIGINS=other.http, ALLOW_MISSING_ORIGIN="false")
+    await open_console(page, f"{other.http}/?url={quote(target.url, safe='')}")
+    await expect(page.get_by_role("status")).to_have_text("open")
+    await expect(page.locator("#target")).to_have_text(target.url)
+    await page.get_by_role("textbox", name="Message", exact=True).fill("over there")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(page.get_by_role("log").locator("li.received")).to_contain_text("over there")
+    assert f"origin='{other.http}'" in target.log()
+    assert "open id=" not in other.log()
