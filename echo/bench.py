@@ -6,8 +6,8 @@ from a separate load-generator process (``echo.bench_client``), server and gener
 pinned to different CPUs where the machine has two. Absolute figures drift on a shared
 machine; the ratios of figures taken seconds apart do not, so the report leads with the
 median over rounds of each metric's ratio (real / reference). The table goes to stdout
-and every raw figure to ``reports/bench.json``. Exit status 1 if any echo was wrong or any connection
-failed, so the short run in CI keeps the harness honest.
+and every raw figure to ``reports/bench.json``. Exit status 1 if any echo was wrong or
+any connection failed, so the short run in CI keeps the harness honest.
 """
 
 from __future__ import annotations
