@@ -44,3 +44,11 @@ lint: install ## ruff and mypy, both clean
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+.PHONY: bench bench-quick
+
+bench: install ## the benchmark: real server vs bare aiohttp, 5 rounds (about 6 minutes)
+	$(BIN)/python -m echo.bench
+
+bench-quick: install ## a short benchmark run (about a minute), as in CI
+	$(BIN)/python -m echo.bench --quick

@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, hdrs, web
 
 from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
+from echo.fastpath import EchoResponse
 from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
@@ -135,7 +136,7 @@ class EchoServer:
         if refusal is not None:
             return self.refuse(request, refusal, origin)
         try:
-            ws = web.WebSocketResponse(
+            ws = EchoResponse(
                 autoping=True,
                 autoclose=False,
                 heartbeat=self.settings.heartbeat_interval,
@@ -149,13 +150,14 @@ class EchoServer:
             await ws.prepare(request)
             conn = Connection(id=f"c{next(self._ids)}", remote=remote)
             self.connections[ws] = conn
-            log.info(
-                "open id=%s remote=%s origin=%s",
-                conn.id,
-                remote,
-                "-" if origin is None else preview(origin),
-                extra=event("open", conn=conn.id, remote=remote, origin=clip(origin)),
-            )
+            if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
+                log.info(
+                    "open id=%s remote=%s origin=%s",
+                    conn.id,
+                    remote,
+                    "-" if origin is None else preview(origin),
+                    extra=event("open", conn=conn.id, remote=remote, origin=clip(origin)),
+                )
             try:
                 await self.serve(ws, conn)
             except ConnectionError:
@@ -175,11 +177,18 @@ class EchoServer:
             self.limiter.release(remote)
 
     async def serve(self, ws: web.WebSocketResponse, conn: Connection) -> None:
-        """Echo every data message back as it came, until the connection ends."""
+        """Echo every data message back as it came, until the connection ends.
+
+        Plain messages are echoed by the parser's queue (echo.fastpath) as they
+        arrive; this loop handles what that path hands on, and every message at debug
+        level, where each is logged.
+        """
         receive = ws.receive
         send_frame = ws.send_frame
         debug = log.isEnabledFor(logging.DEBUG)
         limit = self.settings.max_message_size
+        if not debug and isinstance(ws, EchoResponse):
+            ws.start_echo(conn, limit)
         while True:
             msg = await receive()
             kind = msg.type

@@ -180,3 +180,52 @@ async def test_concurrent_connections_do_not_mix_messages(start_app: ServerFacto
         results = await asyncio.gather(*(talk(session, n) for n in range(20)))
     for n, got in enumerate(results):
         assert got == [f"{n}:{i}" for i in range(50)]
+
+
+async def test_plain_messages_are_echoed_by_the_parser_without_waking_serve(
+    start_app: ServerFactory,
+) -> None:
+    """The fast path: once serve() starts it, echoes need no handler task wake-up."""
+    server = await start_app()
+    echo = server.app[SERVER_KEY]
+    original = echo.serve
+    parked, release = asyncio.Event(), asyncio.Event()
+
+    async def parked_serve(ws: Any, conn: Any) -> None:
+        ws.start_echo(conn, echo.settings.max_message_size)
+        parked.set()
+        await asyncio.wait_for(release.wait(), 30)  # reads nothing: only the fast path echoes
+        await original(ws, conn)
+
+    echo.serve = parked_serve
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.make_url("/")) as ws:
+            await asyncio.wait_for(parked.wait(), 5)
+            sent: list[str | bytes] = ["a", b"\x00\xff", "héllo ✓", b"", "z" * 70_000]
+            for item in sent:
+                reply = await echo_once(ws, item)
+                assert reply.data == item
+            conn = next(iter(echo.connections.values()))
+            assert (conn.messages_in, conn.messages_out) == (len(sent), len(sent))
+            release.set()
+
+
+async def test_fast_path_keeps_order_with_messages_it_hands_to_serve(
+    start_app: ServerFactory,
+) -> None:
+    """Messages queued for serve() (here: while it is slow) are not overtaken."""
+    server = await start_app()
+    echo = server.app[SERVER_KEY]
+    original = echo.serve
+
+    async def slow_start(ws: Any, conn: Any) -> None:
+        await asyncio.sleep(0.2)  # messages arrive before the fast path starts: queued
+        await original(ws, conn)
+
+    echo.serve = slow_start
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/")) as ws:
+        sent = [f"m{i}" for i in range(300)]
+        for item in sent:
+            await ws.send_str(item)
+        received = [(await ws.receive(timeout=5)).data for _ in sent]
+    assert received == sent

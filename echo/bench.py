@@ -1,0 +1,303 @@
+"""``make bench``: the echo server against a bare aiohttp echo, side by side.
+
+For each round and scenario it starts a fresh server (``python -m echo.server``, then
+``python -m echo.bench_reference``, the order alternating between rounds) and drives it
+from a separate load-generator process (``echo.bench_client``), server and generator
+pinned to different CPUs where the machine has two. Absolute figures drift on a shared
+machine; the ratios of figures taken seconds apart do not, so the report leads with the
+median over rounds of each metric's ratio (real / reference). The table goes to stdout
+and every raw figure to ``reports/bench.json``. Exit status 1 if any echo was wrong or
+any connection failed, so the short run in CI keeps the harness honest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+SERVERS = ("real", "reference")
+REPORT = Path("reports/bench.json")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    mode: str  # echo, idle or handshake (see echo.bench_client)
+    connections: int
+    kind: str = "text"
+    size: int = 32
+    in_flight: int = 1
+    metric: str = "msgs_per_s"
+    higher_is_better: bool = True
+    target: float | None = None  # the ratio real/reference to reach
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    conns = 10 if quick else 50
+    return [
+        Scenario("50x32B text, 1 in flight", "echo", conns, target=1.25),
+        Scenario("50x32B text, 16 in flight", "echo", conns, in_flight=16, target=1.1),
+        Scenario("10x64KiB binary", "echo", 4 if quick else 10, "binary", 65536, target=1.1),
+        Scenario(
+            "idle connections",
+            "idle",
+            500 if quick else 10_000,
+            metric="rss_per_conn_kib",
+            higher_is_better=False,
+        ),
+        Scenario(
+            "handshakes", "handshake", 8 if quick else 32, metric="handshakes_per_s", target=1.0
+        ),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Pin ``pid`` to ``cpu`` if this process may use more than one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(pid, {cpus[cpu % len(cpus)]})
+
+
+class Server:
+    """One server under test as a subprocess on a free loopback port."""
+
+    def __init__(self, which: str, max_connections: int, workdir: Path) -> None:
+        self.port = free_port()
+        env = dict(os.environ)
+        if which == "real":
+            env.update(
+                HOST="127.0.0.1",
+                PORT=str(self.port),
+                ALLOWED_ORIGINS="*",
+                ALLOW_MISSING_ORIGIN="true",
+                MAX_CONNECTIONS=str(max_connections + 100),
+                LOG_LEVEL="warning",
+            )
+            argv = [sys.executable, "-m", "echo.server"]
+        else:
+            argv = [sys.executable, "-m", "echo.bench_reference", str(self.port)]
+        # cwd: an empty directory, so a developer's .env cannot change the settings.
+        self.log = (workdir / f"{which}.log").open("ab")
+        self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=self.log, stderr=self.log)
+        pin(self.proc.pid, 0)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with status {self.proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("server did not start listening")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+def run_one(s: Scenario, which: str, duration: float, warmup: float, workdir: Path) -> Any:
+    server = Server(which, s.connections, workdir)
+    try:
+        params = {
+            "mode": s.mode,
+            "port": server.port,
+            "server_pid": server.proc.pid,
+            "connections": s.connections,
+            "kind": s.kind,
+            "size": s.size,
+            "in_flight": s.in_flight,
+            "duration": min(duration, 2.0) if s.mode == "idle" else duration,
+            "warmup": warmup,
+        }
+        client = subprocess.Popen(
+            [sys.executable, "-m", "echo.bench_client", json.dumps(params)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        pin(client.pid, 1)
+        out, _ = client.communicate(timeout=duration + warmup + 180)
+    finally:
+        server.stop()
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"errors": 1, "first_error": f"no result from the load generator: {out!r}"}
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarise(s: Scenario, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    if s.mode != "idle":
+        for r in results["real"] + results["reference"]:
+            cpu = r.get("cpu_s_per_1k")
+            r["per_cpu_s"] = 1000 / cpu if cpu else None
+    extra = [
+        "per_cpu_s",
+        "server_cpu_pct",
+        "client_cpu_pct",
+        "rtt_p50_us",
+        "rtt_p99_us",
+        "cpu_s_per_1k",
+    ]
+    keys = [s.metric] + (extra if s.mode != "idle" else [])
+    summary: dict[str, Any] = {"metric": s.metric, "target": s.target}
+    for key in keys:
+        real = median([r.get(key) for r in results["real"]])
+        ref = median([r.get(key) for r in results["reference"]])
+        # The ratio is the median of each round's ratio: real and reference of one
+        # round ran seconds apart, so what else the machine was doing cancels out.
+        pairs = zip(results["real"], results["reference"], strict=True)
+        ratios = [
+            a.get(key) / b[key] if a.get(key) is not None and b.get(key) else None for a, b in pairs
+        ]
+        summary[key] = {"real": real, "reference": ref, "ratio": median(ratios)}
+    summary["errors"] = {w: sum(r.get("errors", 0) for r in results[w]) for w in SERVERS}
+    return summary
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def table(plan: list[Scenario], summaries: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'scenario':<27} {'metric':<17} {'real':>10} {'reference':>10} {'ratio':>6}"
+        f" {'target':>7}  errors"
+    )
+    lines = [head, "-" * len(head)]
+    labels = {
+        "msgs_per_s": ("msgs/s", 0),
+        "handshakes_per_s": ("handshakes/s", 0),
+        "rss_per_conn_kib": ("KiB/conn (RSS)", 2),
+        "per_cpu_s": ("per server CPU-s", 0),
+        "server_cpu_pct": ("server CPU %", 0),
+        "client_cpu_pct": ("loadgen CPU %", 0),
+        "rtt_p50_us": ("RTT p50 us", 0),
+        "rtt_p99_us": ("RTT p99 us", 0),
+        "cpu_s_per_1k": ("CPU s/1k", 4),
+    }
+    for s, summary in zip(plan, summaries, strict=True):
+        errors = summary["errors"]
+        error_text = f"{errors['real']}/{errors['reference']}"
+        first = True
+        for key, (label, digits) in labels.items():
+            if key not in summary:
+                continue
+            row = summary[key]
+            target = ""
+            if (first or key == "per_cpu_s") and s.target is not None:
+                ok = row["ratio"] is not None and row["ratio"] >= s.target
+                target = f">={s.target:.2f}{' ok' if ok else ' NO'}"
+            if first and s.mode == "idle":
+                ok = row["real"] is not None and row["real"] <= 8.0
+                target = f"<=8KiB{' ok' if ok else ' NO'}"
+            lines.append(
+                f"{s.name if first else '':<27} {label:<17} {fmt(row['real'], digits):>10}"
+                f" {fmt(row['reference'], digits):>10} {fmt(row['ratio'], 2):>6} {target:>7}"
+                f"  {error_text if first else ''}"
+            )
+            first = False
+    return "\n".join(lines)
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft open-files limit to the hard one; child processes inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m echo.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short run for CI")
+    parser.add_argument("--rounds", type=int, help="alternations per scenario (5; quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds measured (3; quick 1)")
+    parser.add_argument("--only", help="run only scenarios whose name contains this")
+    parser.add_argument("--report", type=Path, default=REPORT)
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 5)
+    duration = args.duration or (1.0 if args.quick else 3.0)
+    warmup = 0.3 if args.quick else 1.0
+    raise_fd_limit()
+    plan = [s for s in scenarios(args.quick) if not args.only or args.only in s.name]
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    for s in plan:
+        if s.mode == "idle" and s.connections + 200 > limit:
+            print(f"note: open-files limit {limit} caps idle connections", file=sys.stderr)
+            object.__setattr__(s, "connections", max(limit - 200, 1))
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        s.name: {w: [] for w in SERVERS} for s in plan
+    }
+    with tempfile.TemporaryDirectory(prefix="echo-bench-") as tmp:
+        for r in range(rounds):
+            order = SERVERS if r % 2 == 0 else SERVERS[::-1]
+            for s in plan:
+                for which in order:
+                    result = run_one(s, which, duration, warmup, Path(tmp))
+                    results[s.name][which].append(result)
+                    shown = fmt(result.get(s.metric), 1)
+                    err = result.get("errors", 0)
+                    print(
+                        f"round {r + 1}/{rounds} {s.name} [{which}] {s.metric}={shown}"
+                        f" errors={err} {result.get('first_error', '')}",
+                        file=sys.stderr,
+                    )
+    summaries = [summarise(s, results[s.name]) for s in plan]
+    print(table(plan, summaries))
+    report = {
+        "command": " ".join(
+            ["python -m echo.bench", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "rounds": rounds,
+        "duration_s": duration,
+        "machine": {
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "aiohttp": aiohttp.__version__,
+            "open_files_limit": limit,
+        },
+        "scenarios": [
+            {**asdict(s), "summary": summary, "runs": results[s.name]}
+            for s, summary in zip(plan, summaries, strict=True)
+        ],
+    }
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report: {args.report}")
+    return 1 if any(sum(x["errors"].values()) for x in summaries) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
