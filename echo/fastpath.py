@@ -24,6 +24,8 @@ from aiohttp import WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
+from echo.masking import MaskedFramesOnly
+
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 
@@ -90,7 +92,8 @@ def _is_utf8(data: bytes) -> bool:
 class EchoResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds an :class:`EchoQueue`.
 
-    ``_post_start`` mirrors aiohttp's own (aiohttp 3.13+), with our queue class.
+    ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class and the
+    mask check of echo.masking in front of the frame parser.
     """
 
     # aiohttp pushes the heartbeat back on every loop tick that brings data, with a
@@ -118,23 +121,26 @@ class EchoResponse(web.WebSocketResponse):
         super()._send_heartbeat()
 
     def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
-        if self._compress:  # the compressor is shared with serve(): take the normal road
-            super()._post_start(request, protocol, writer)
-            request.protocol._parser = None  # as below
-            return
         self._ws_protocol = protocol
         self._writer = writer
         self._reset_heartbeat()
-        queue = EchoQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
-        queue.response = self
-        queue.transport = writer.transport
-        queue.write_frame = writer._write_websocket_frame
+        loop = self._loop
+        assert loop is not None
+        queue: WebSocketDataQueue
+        if self._compress:  # the compressor is shared with serve(): take the normal road
+            queue = WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
+        else:
+            echo_queue = EchoQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
+            echo_queue.response = self
+            echo_queue.transport = writer.transport
+            echo_queue.write_frame = writer._write_websocket_frame
+            queue = echo_queue
         self._reader = queue
         self._parser = WebSocketReader(
-            queue, self._max_msg_size, compress=False, decode_text=self._decode_text
+            queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
         )
         cb = None if self._heartbeat is None else self._on_data_received
-        request.protocol.set_parser(self._parser, data_received_cb=cb)
+        request.protocol.set_parser(MaskedFramesOnly(self._parser, queue), data_received_cb=cb)
         request.protocol.keep_alive(False)
         # The HTTP parser is never used again once the frame parser is set (aiohttp
         # checks for None); dropping it frees about 1 KiB per idle connection.

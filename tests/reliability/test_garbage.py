@@ -185,11 +185,6 @@ async def test_garbage_gets_the_right_answer_and_hurts_nobody_else(
     assert alarms == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's frame reader ignores the mask bit and echoes unmasked client frames "
-    "(RFC 6455 5.1 says close); aiohttp THREAT_MODEL.md 3.1 keeps this lenient by default",
-)
 async def test_unmasked_client_frame_is_refused(
     server_process: Callable[..., ServerProcess],
 ) -> None:
