@@ -229,6 +229,8 @@ class EchoServer:
                 return
 
     def _log_closed(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+        if not log.isEnabledFor(logging.INFO):  # spare building the event per connection
+            return
         code = ws.close_code if ws.close_code is not None else protocol.ABNORMAL_CLOSURE
         duration = time.monotonic() - conn.opened
         log.info(
