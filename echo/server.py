@@ -217,7 +217,9 @@ class EchoServer:
                 conn.messages_out += 1
                 conn.bytes_out += len(data)
             elif kind is WSMsgType.CLOSE:
-                await ws.close(code=protocol.close_reply(msg.data))
+                # The peer closes its end next: no point waiting for our frame to drain
+                # (aiohttp's own autoclose does the same).
+                await ws.close(code=protocol.close_reply(msg.data), drain=False)
                 return
             elif kind is WSMsgType.ERROR:
                 # aiohttp has already sent the matching close code (1002, 1007, 1009).
