@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from echo.server import _loop_factory
+from echo.eventloop import loop_factory
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 KEY = base64.b64encode(b"echo-bench-key16").decode()
@@ -429,7 +429,7 @@ def main() -> None:
     params: dict[str, Any] = json.loads(sys.argv[1])
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             result = runner.run(RUNNERS[params["mode"]](params))
         except Exception as error:  # reported, not raised: the run goes on

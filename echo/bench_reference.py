@@ -16,7 +16,7 @@ import sys
 
 from aiohttp import WSMsgType, web
 
-from echo.server import _loop_factory
+from echo.eventloop import loop_factory
 
 
 async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -49,7 +49,7 @@ async def serve(port: int) -> None:
 def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(int(sys.argv[1])))
 
 

@@ -25,7 +25,6 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable
 from typing import Literal
 
 import aiohttp
@@ -33,6 +32,7 @@ from aiohttp import WSMsgType, hdrs
 
 from echo.backoff import Backoff, parse_retry_after
 from echo.config import ClientSettings, ConfigError, load_environment
+from echo.eventloop import loop_factory
 from echo.logs import configure_logging, event
 from echo.payloads import Payloads
 from echo.text import preview
@@ -525,14 +525,6 @@ async def run_until_signal(client: EchoClient) -> Stats:
             loop.remove_signal_handler(signum)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console script ``echo-client``: exit 0 after a stop, 1 on HTTP 403 or an untrusted
     certificate, 2 on bad settings."""
@@ -545,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     client = EchoClient(settings)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             stats = runner.run(run_until_signal(client))
     except (OriginRefused, CertificateUntrusted) as error:
         print(f"echo-client: {error}", file=sys.stderr)

@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ from aiohttp import WSMsgType, hdrs, web
 
 from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
+from echo.eventloop import loop_factory
 from echo.fastpath import EchoResponse
 from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
@@ -383,14 +383,6 @@ async def serve_until_signal(settings: ServerSettings) -> None:
         await runner.cleanup()
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console script ``echo-server``."""
     parser = argparse.ArgumentParser(
@@ -406,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_format)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve_until_signal(settings))
     except ListenError as error:
         print(f"echo-server: {error}", file=sys.stderr)
