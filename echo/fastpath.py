@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
+from echo import protocol
 from echo.masking import MaskedFramesOnly
 
 _TEXT = WSMsgType.TEXT
@@ -65,7 +66,7 @@ class EchoQueue(WebSocketDataQueue):
             return super().feed_data(data, size)
         payload: bytes = data[1]
         n = len(payload)
-        if n > self.limit or (kind is _TEXT and not _is_utf8(payload)):
+        if n > self.limit or (kind is _TEXT and not protocol.is_utf8(payload)):
             return super().feed_data(data, size)
         response = self.response
         assert response is not None
@@ -77,16 +78,6 @@ class EchoQueue(WebSocketDataQueue):
         counters.messages_out += 1
         counters.bytes_out += n
         return None
-
-
-def _is_utf8(data: bytes) -> bool:
-    if data.isascii():
-        return True
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class EchoResponse(web.WebSocketResponse):

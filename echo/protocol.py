@@ -28,3 +28,14 @@ def close_reply(code: int) -> int:
     if code == NO_STATUS:
         return NORMAL_CLOSURE
     return code if is_valid_close_code(code) else PROTOCOL_ERROR
+
+
+def is_utf8(data: bytes) -> bool:
+    """Whether a text message's payload is valid UTF-8 (checked, never decoded for use)."""
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -194,7 +194,7 @@ class EchoServer:
             kind = msg.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                 data: bytes = msg.data
-                if kind is WSMsgType.TEXT and not _is_utf8(data):
+                if kind is WSMsgType.TEXT and not protocol.is_utf8(data):
                     await ws.close(code=protocol.INVALID_PAYLOAD, message=b"invalid UTF-8")
                     return
                 if len(data) > limit:
@@ -280,14 +280,6 @@ class EchoServer:
                 len(pending),
                 extra=event("shutdown_timeout", unclosed=len(pending)),
             )
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class ListenError(RuntimeError):
