@@ -16,7 +16,7 @@ from typing import Any
 
 from echo.config import ServerSettings
 
-CONFIG_VARIABLES = [
+SERVER_VARIABLES = [
     "HOST",
     "PORT",
     "ALLOWED_ORIGINS",
@@ -29,6 +29,12 @@ CONFIG_VARIABLES = [
     "SHUTDOWN_TIMEOUT",
     "COMPRESSION",
     "LOG_LEVEL",
+    "LOG_FORMAT",
+    "TRUSTED_PROXIES",
+]
+# Only together, and naming files: their rules are tested in tests/test_tls.py.
+TLS_SERVER_VARIABLES = ["TLS_CERT_FILE", "TLS_KEY_FILE"]
+CLIENT_VARIABLES = [
     "WS_URL",
     "RECONNECT_INTERVAL",
     "RECONNECT_MAX_INTERVAL",
@@ -36,12 +42,9 @@ CONFIG_VARIABLES = [
     "ORIGIN",
     "MESSAGE_COUNT",
     "CLIENT_HEARTBEAT_INTERVAL",
-    "TLS_CERT_FILE",
-    "TLS_KEY_FILE",
     "TLS_CA_FILE",
-    "LOG_FORMAT",
-    "TRUSTED_PROXIES",
 ]
+CONFIG_VARIABLES = SERVER_VARIABLES + TLS_SERVER_VARIABLES + CLIENT_VARIABLES
 
 TEST_SETTINGS = ServerSettings(
     host="127.0.0.1",

@@ -16,24 +16,10 @@ from hypothesis import strategies as st
 
 from echo.config import ConfigError, ServerSettings
 from tests.reliability.conftest import record, scale
-from tests.support import clean_env
+from tests.support import SERVER_VARIABLES, clean_env
 
 pytestmark = pytest.mark.soak
 
-SERVER_VARIABLES = [
-    "HOST",
-    "PORT",
-    "ALLOWED_ORIGINS",
-    "ALLOW_MISSING_ORIGIN",
-    "MAX_CONNECTIONS",
-    "MAX_CONNECTIONS_PER_IP",
-    "MAX_MESSAGE_SIZE",
-    "HEARTBEAT_INTERVAL",
-    "HANDSHAKE_TIMEOUT",
-    "SHUTDOWN_TIMEOUT",
-    "COMPRESSION",
-    "LOG_LEVEL",
-]
 EXAMPLES = scale(400, 10_000)
 _OUTCOMES = {"parsed": 0, "config_error": 0}
 
