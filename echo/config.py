@@ -147,6 +147,7 @@ class ServerSettings:
     tls_key_file: str = ""
     log_format: str = "text"
     trusted_proxies: tuple[Network, ...] = ()
+    metrics: bool = True
 
     @property
     def tls(self) -> bool:
@@ -186,6 +187,7 @@ class ServerSettings:
                 parse_trusted_proxies,
                 "a comma-separated list of IP addresses or CIDR networks",
             ),
+            metrics=r.boolean("METRICS", True),
         )
 
 

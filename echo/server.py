@@ -26,6 +26,7 @@ from echo.fastpath import EchoResponse
 from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
+from echo.metrics import MeteredRunner, Metrics, add_metrics
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.proxies import TrustedProxies
@@ -47,7 +48,11 @@ _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
 
 @dataclass(slots=True)
 class Connection:
-    """Book-keeping for one open WebSocket, reported when it closes."""
+    """Book-keeping for one open WebSocket, reported when it closes.
+
+    ``messages_*`` and ``bytes_*`` count data messages of both types; the ``binary_*``
+    counters are kept only with metrics on (echo.metrics reports text as the difference).
+    """
 
     id: str
     remote: str
@@ -56,6 +61,10 @@ class Connection:
     messages_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    binary_in: int = 0
+    binary_bytes_in: int = 0
+    binary_out: int = 0
+    binary_bytes_out: int = 0
     closer: asyncio.Task[bool] | None = None
 
 
@@ -69,6 +78,11 @@ class EchoServer:
         self.started = time.monotonic()
         self._ids = itertools.count(1)
         self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.metrics = (
+            Metrics(self.connections.values, settings.max_message_size)
+            if settings.metrics
+            else None
+        )
 
     # -- HTTP routes ------------------------------------------------------------------
 
@@ -114,6 +128,8 @@ class EchoServer:
 
     def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
         status, text = _REFUSAL_STATUS[reason]
+        if self.metrics is not None:
+            self.metrics.refusal(reason.value)
         remote = self.client_address(request)
         log.info(
             "refused remote=%s origin=%s reason=%s",
@@ -146,10 +162,13 @@ class EchoServer:
                 max_msg_size=self.settings.max_message_size + 1,
                 decode_text=False,
                 timeout=CLOSE_TIMEOUT,
+                metrics=self.metrics,
             )
             await ws.prepare(request)
             conn = Connection(id=f"c{next(self._ids)}", remote=remote)
             self.connections[ws] = conn
+            if self.metrics is not None:
+                self.metrics.connections_total += 1
             if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
                 log.info(
                     "open id=%s remote=%s origin=%s",
@@ -171,6 +190,8 @@ class EchoServer:
                 await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
             finally:
                 del self.connections[ws]
+                if self.metrics is not None:
+                    self.metrics.connection_closed(conn)
                 self._log_closed(ws, conn)
             return ws
         finally:
@@ -187,6 +208,8 @@ class EchoServer:
         send_frame = ws.send_frame
         debug = log.isEnabledFor(logging.DEBUG)
         limit = self.settings.max_message_size
+        metrics = self.metrics
+        binary = WSMsgType.BINARY
         if not debug and isinstance(ws, EchoResponse):
             ws.start_echo(conn, limit)
         while True:
@@ -205,6 +228,11 @@ class EchoServer:
                     return
                 conn.messages_in += 1
                 conn.bytes_in += len(data)
+                if metrics is not None:
+                    metrics.observe(len(data))
+                    if kind is binary:
+                        conn.binary_in += 1
+                        conn.binary_bytes_in += len(data)
                 if debug:
                     log.debug(
                         "message id=%s %s %d bytes %s",
@@ -216,6 +244,9 @@ class EchoServer:
                 await send_frame(data, kind)
                 conn.messages_out += 1
                 conn.bytes_out += len(data)
+                if metrics is not None and kind is binary:
+                    conn.binary_out += 1
+                    conn.binary_bytes_out += len(data)
             elif kind is WSMsgType.CLOSE:
                 # The peer closes its end next: no point waiting for our frame to drain
                 # (aiohttp's own autoclose does the same).
@@ -300,6 +331,8 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app.router.add_get("/", server.root)
     add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
+    if server.metrics is not None:
+        add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
     app.on_shutdown.append(server.shutdown)
     return app
@@ -318,7 +351,8 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
 
     aiohttp arms its keep-alive timer when a connection is accepted and fires it only
     while no complete request has arrived, so it doubles as the handshake timeout: a
-    client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT.
+    client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT. Run the
+    app with echo.metrics.MeteredRunner to have those cut-offs counted in /metrics.
     """
     return {
         "access_log": None,
@@ -330,7 +364,7 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
 async def serve_until_signal(settings: ServerSettings) -> None:
     """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, **runner_options(settings))
+    runner = MeteredRunner(app, handle_signals=False, **runner_options(settings))
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
