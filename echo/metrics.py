@@ -37,6 +37,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from echo.limits import Refusal
 
@@ -191,7 +192,8 @@ class Metrics(Collector):
         yield octets
         cumulative = 0
         buckets: list[tuple[str, float]] = []
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.sizes, strict=True):
+        labels = (*map(floatToGoString, self.bounds), "+Inf")
+        for bound, count in zip(labels, self.sizes, strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily(
