@@ -121,6 +121,35 @@ async def test_an_exchange_is_counted_by_direction_type_and_size(
     assert by_label(after, "echo_handshakes_refused_total", "reason") == ZERO_REFUSALS
 
 
+async def test_the_fast_path_counts_without_the_echo_loop(start_app: ServerFactory) -> None:
+    """Echoes from the parser callback (serve() parked, reading nothing) are counted."""
+    server = await start_app(compression=False)
+    echo = server.app[SERVER_KEY]
+    parked, release = asyncio.Event(), asyncio.Event()
+    original = echo.serve
+
+    async def parked_serve(ws: Any, conn: Any) -> None:
+        ws.start_echo(conn, echo.settings.max_message_size)
+        parked.set()
+        await asyncio.wait_for(release.wait(), 30)
+        await original(ws, conn)
+
+    echo.serve = parked_serve
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.make_url("/")) as ws:
+            await asyncio.wait_for(parked.wait(), 5)
+            for item in ("abc", b"\x01" * 300, "defg"):
+                await (ws.send_str(item) if isinstance(item, str) else ws.send_bytes(item))
+                assert (await ws.receive(timeout=5)).data == item
+            samples = await scrape(base_url(server))
+            release.set()
+    assert by_label(samples, "echo_message_bytes_total", "type") == {"text": 7, "binary": 300}
+    assert value(samples, "echo_messages_total", direction="out", type="text") == 2
+    assert value(samples, "echo_message_size_bytes_bucket", le="16.0") == 2
+    assert value(samples, "echo_message_size_bytes_bucket", le="256.0") == 2
+    assert value(samples, "echo_message_size_bytes_bucket", le="1024.0") == 3
+
+
 async def test_connections_open_and_total(start_app: ServerFactory) -> None:
     server = await start_app()
     base = base_url(server)
