@@ -129,7 +129,11 @@ class MeteredEchoQueue(EchoQueue):
             counters.binary_bytes_in += n
             counters.binary_out += 1
             counters.binary_bytes_out += n
-        self.sizes[bisect_left(self.bounds, n)] += 1
+        # Small messages, the common case, skip the bisect call (a few % of throughput).
+        if n <= 64:
+            self.sizes[0 if n <= 16 else 1] += 1
+        else:
+            self.sizes[bisect_left(self.bounds, n)] += 1
         return None
 
 
