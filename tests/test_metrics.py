@@ -138,16 +138,39 @@ async def test_the_fast_path_counts_without_the_echo_loop(start_app: ServerFacto
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(server.make_url("/")) as ws:
             await asyncio.wait_for(parked.wait(), 5)
-            for item in ("abc", b"\x01" * 300, "defg"):
+            for item in ("abc", b"\x01" * 300, "defg", "x" * 40):
                 await (ws.send_str(item) if isinstance(item, str) else ws.send_bytes(item))
                 assert (await ws.receive(timeout=5)).data == item
             samples = await scrape(base_url(server))
             release.set()
-    assert by_label(samples, "echo_message_bytes_total", "type") == {"text": 7, "binary": 300}
-    assert value(samples, "echo_messages_total", direction="out", type="text") == 2
+    assert by_label(samples, "echo_message_bytes_total", "type") == {"text": 47, "binary": 300}
+    assert value(samples, "echo_messages_total", direction="out", type="text") == 3
     assert value(samples, "echo_message_size_bytes_bucket", le="16.0") == 2
-    assert value(samples, "echo_message_size_bytes_bucket", le="256.0") == 2
-    assert value(samples, "echo_message_size_bytes_bucket", le="1024.0") == 3
+    assert value(samples, "echo_message_size_bytes_bucket", le="64.0") == 3
+    assert value(samples, "echo_message_size_bytes_bucket", le="256.0") == 3
+    assert value(samples, "echo_message_size_bytes_bucket", le="1024.0") == 4
+
+
+@pytest.mark.parametrize(
+    ("limit", "sizes", "buckets"),
+    [
+        (16, [0, 16], {"16.0": 2, "+Inf": 2}),
+        (40, [16, 17, 40], {"16.0": 1, "64.0": 3, "+Inf": 3}),
+        (100, [64, 65, 100], {"16.0": 0, "64.0": 1, "256.0": 3, "+Inf": 3}),
+    ],
+)
+async def test_histogram_buckets_end_at_the_size_limit(
+    start_app: ServerFactory, limit: int, sizes: list[int], buckets: dict[str, int]
+) -> None:
+    server = await start_app(compression=False, max_message_size=limit)
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(server.make_url("/")) as ws:
+            for size in sizes:
+                await ws.send_bytes(b"b" * size)
+                assert len((await ws.receive(timeout=5)).data) == size
+    await closed_all(server)
+    samples = await scrape(base_url(server))
+    assert by_label(samples, "echo_message_size_bytes_bucket", "le") == buckets
 
 
 async def test_connections_open_and_total(start_app: ServerFactory) -> None:
