@@ -14,6 +14,7 @@ import json
 import re
 import signal
 import ssl
+import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pytest
 import trustme
 
 from echo.config import ServerSettings
+from tests import nginx_support
 from tests.client_support import ClientProcess, fast_client_env, parse_summary
 from tests.nginx_support import (
     SITE_CONFIG,
@@ -246,3 +248,33 @@ def test_config_limits_match_the_server_defaults() -> None:
     assert read_timeout > 2 * defaults.heartbeat_interval
     assert directive("client_max_body_size") == f"{defaults.max_message_size >> 20}m"
     assert directive("proxy_http_version") == "1.1"
+
+
+def test_missing_nginx_is_installed_with_apt_get_or_the_test_fails_saying_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    commands: list[list[str]] = []
+    installed: list[str] = []
+
+    def run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        if "install" in command:
+            installed.append("/usr/sbin/nginx")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(nginx_support, "_find_nginx", lambda: installed[0] if installed else None)
+    monkeypatch.setattr(nginx_support, "_run", run)
+    assert nginx_support.ensure_nginx() == "/usr/sbin/nginx"
+    apt = [command[command.index("apt-get") :] for command in commands[:2]]
+    assert apt == [
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx"],
+    ]
+
+    def failing(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(command, 100, "", "E: Unable to locate package nginx")
+
+    installed.clear()
+    monkeypatch.setattr(nginx_support, "_run", failing)
+    with pytest.raises(NginxUnavailable, match=r"(?s)apt-get update -q` exited 100.*Unable"):
+        nginx_support.ensure_nginx()
