@@ -217,13 +217,15 @@ async def test_origin_rules_and_forwarded_headers_hold_through_nginx(
         assert "\r\nX-Forwarded-Proto: https\r\n" in seen, seen
         assert "X-Forwarded-Proto: http\r\n" not in seen, seen
 
-        # Bodies: up to MAX_MESSAGE_SIZE through nginx, one byte more refused.
+        # Bodies: up to MAX_MESSAGE_SIZE reach a backend, one byte more is refused by
+        # nginx itself (its own error page), before any backend reads it.
         for size, status in ((MAX_BODY, 200), (MAX_BODY + 1, 413)):
             async with session.post(
                 f"{https}/upload", data=io.BytesIO(b"x" * size), ssl=deployment.context
             ) as response:
                 assert response.status == status, size
-                await response.read()
+                body = await response.read()
+            assert (b"<center>nginx" in body) == (status == 413), body[:200]
 
         async with session.get(f"{https}/metrics", ssl=deployment.context) as response:
             assert response.status == 403, "metrics are not served to the public"
