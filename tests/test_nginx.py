@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import ssl
@@ -23,6 +24,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from playwright.async_api import async_playwright, expect
 
 from echo.config import ServerSettings
 from tests import nginx_support
@@ -35,6 +37,7 @@ from tests.nginx_support import (
     render_site,
 )
 from tests.support import ServerProcess, free_port
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 ServerStarter = Callable[..., ServerProcess]
 ALLOWED = "https://allowed.example"
@@ -234,6 +237,35 @@ async def test_origin_rules_and_forwarded_headers_hold_through_nginx(
         ) as response:
             assert response.status == 301
             assert response.headers["Location"].startswith("https://127.0.0.1")
+
+
+async def test_console_page_served_through_nginx_over_https_connects(
+    deployment: Deployment,
+) -> None:
+    """The case X-Forwarded-Proto exists for: the page at https:// opens its wss:// socket."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no browser: {CHROMIUM} missing (apt-get install chromium; .ci/run does)")
+    url = f"https://127.0.0.1:{deployment.tls_port}/"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = await browser.new_context(ignore_https_errors=True)  # our throwaway CA
+            page = await context.new_page()
+            response = await page.goto(url)
+            assert response is not None
+            assert response.ok
+            await expect(page.get_by_role("status")).to_have_text("open", timeout=10_000)
+            await page.get_by_role("textbox", name="Message", exact=True).fill("via nginx")
+            await page.get_by_role("button", name="Send", exact=True).click()
+            received = page.get_by_role("log").locator("li.received")
+            await expect(received.filter(has_text="via nginx")).to_have_count(1, timeout=10_000)
+            await context.close()
+        finally:
+            await browser.close()
+    page_origin = f"origin='https://127.0.0.1:{deployment.tls_port}'"
+    assert page_origin in deployment.backend_logs(), deployment.backend_logs()
 
 
 def directive(name: str) -> str:
