@@ -107,10 +107,13 @@ class EchoServer:
             return False
         return parsed in self.settings.allowed_origins or parsed == self._page_origin(request)
 
-    @staticmethod
-    def _page_origin(request: web.Request) -> Origin | None:
+    def _page_origin(self, request: web.Request) -> Origin | None:
+        """This server's own origin as the client sees it (behind a trusted proxy too)."""
         host = request.headers.get(hdrs.HOST)
-        return own_origin(request.scheme, host) if host else None
+        if not host:
+            return None
+        forwarded = request.headers.getall(hdrs.X_FORWARDED_PROTO, [])
+        return own_origin(self.proxies.scheme(request.remote, request.scheme, forwarded), host)
 
     def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
         status, text = _REFUSAL_STATUS[reason]
