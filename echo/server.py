@@ -170,6 +170,7 @@ class EchoServer:
                 )
                 await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
             finally:
+                ws.release()
                 del self.connections[ws]
                 self._log_closed(ws, conn)
             return ws
