@@ -70,6 +70,8 @@ class EchoServer:
         self.connections: dict[web.WebSocketResponse, Connection] = {}
         self.started = time.monotonic()
         self._ids = itertools.count(1)
+        # Workers share one log: their connection ids carry the process id (w1234-c1).
+        self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
 
     # -- HTTP routes ------------------------------------------------------------------
@@ -156,7 +158,7 @@ class EchoServer:
                 timeout=CLOSE_TIMEOUT,
             )
             await ws.prepare(request)
-            conn = Connection(id=f"c{next(self._ids)}", remote=remote)
+            conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote)
             self.connections[ws] = conn
             if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
                 log.info(

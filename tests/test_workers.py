@@ -197,6 +197,9 @@ async def test_sigterm_closes_websockets_on_every_worker_with_1001(
     shutdowns = [r for r in records if r["event"] == "shutdown"]
     assert sorted(r["open"] for r in shutdowns) == [2, 2]
     assert sorted(r["pid"] for r in records if r["event"] == "worker_exit") == pids
+    # One log for all workers: connection ids name the process.
+    opened = sorted(r["conn"] for r in records if r["event"] == "open")
+    assert opened == sorted(f"w{pid}-c{n}" for pid in pids for n in (1, 2))
 
 
 async def test_limits_count_per_process(server_process: ServerStarter) -> None:
