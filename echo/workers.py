@@ -19,6 +19,8 @@ import asyncio
 import logging
 import math
 import os
+import queue
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +39,7 @@ from echo.tls import server_context
 log = logging.getLogger("echo.workers")
 
 EXIT_MARGIN = 2.0  # seconds on top of a worker's two shutdown phases, to exit
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 def graceful_timeout(settings: ServerSettings) -> int:
@@ -150,6 +153,7 @@ class EchoWorker(GunicornUVLoopWebWorker):
         return app.settings
 
     async def _run(self) -> None:
+        self._stop_if_signalled_early()
         settings = self.settings
         app = self.wsgi
         assert isinstance(app, web.Application)
@@ -180,6 +184,37 @@ class EchoWorker(GunicornUVLoopWebWorker):
                     await self._wait_next_notify()
         finally:
             await runner.cleanup()
+
+    def init_signals(self) -> None:
+        """aiohttp's loop handlers, plus a record of stop signals until the loop runs.
+
+        A SIGTERM that reaches a booting worker would otherwise be lost, and the worker
+        killed only at graceful_timeout: before this point it goes to the handler
+        inherited from the arbiter, which queues it in this process's copy of the
+        arbiter's queue; after it, until the loop runs, uvloop only notes it for a
+        wake-up that never comes. ``_run`` acts on what was recorded.
+        """
+        super().init_signals()
+        self.early_stop: list[int] = []
+        inherited: queue.SimpleQueue[int] | None = getattr(self, "arbiter_signals", None)
+        while inherited is not None and not inherited.empty():
+            self.early_stop.append(inherited.get_nowait())
+        # Once running, the loop dispatches from its wake-up fd whatever Python handler
+        # is installed; this one only keeps a note for the time before.
+        self.loop_handlers = {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
+
+    def _note(self, sig: int, _frame: Any) -> None:
+        self.early_stop.append(sig)
+
+    def _stop_if_signalled_early(self) -> None:
+        """Called once the loop runs: hand signals back to it, act on earlier ones."""
+        for sig, handler in self.loop_handlers.items():
+            signal.signal(sig, handler)
+        for signum in self.early_stop:
+            if signum == signal.SIGTERM:
+                self.handle_exit(signum, None)
+            elif signum in STOP_SIGNALS:
+                self.handle_quit(signum, None)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: stop at once rather than at the next one-second liveness tick."""
@@ -234,6 +269,7 @@ def gunicorn_config(settings: ServerSettings, binds: list[str]) -> dict[str, Any
         "control_socket_disable": True,
         "when_ready": _when_ready(settings),
         "child_exit": _child_exit,
+        "post_fork": _post_fork,
     }
 
 
@@ -250,6 +286,11 @@ def _when_ready(settings: ServerSettings) -> Callable[[Any], None]:
         )
 
     return when_ready
+
+
+def _post_fork(arbiter: Any, worker: Any) -> None:
+    """In the new worker: keep the arbiter's signal queue for EchoWorker.init_signals."""
+    worker.arbiter_signals = arbiter.SIG_QUEUE
 
 
 def _child_exit(_arbiter: Any, worker: Any) -> None:

@@ -169,7 +169,9 @@ async def test_a_killed_worker_is_replaced_and_the_other_keeps_its_connections(
 async def test_sigterm_closes_websockets_on_every_worker_with_1001(
     server_process: ServerStarter,
 ) -> None:
-    server, pids = start_workers(server_process, SHUTDOWN_TIMEOUT="2000", LOG_FORMAT="json")
+    server, pids = start_workers(
+        server_process, SHUTDOWN_TIMEOUT="2000", LOG_FORMAT="json", LOG_LEVEL="debug"
+    )
     async with new_session() as session:
         sockets = []
         for pid in pids:
@@ -192,6 +194,8 @@ async def test_sigterm_closes_websockets_on_every_worker_with_1001(
         assert time.monotonic() - started < 2 + 5
     # Every line, gunicorn's included, is JSON (stdout and stderr both go to this log).
     records = [json.loads(line) for line in server.log().splitlines()]
+    gunicorn = [r["message"] for r in records if r.get("logger") == "gunicorn.error"]
+    assert any(m.startswith("Booting worker with pid") for m in gunicorn), gunicorn
     events = [record["event"] for record in records]
     assert events.count("listening") == 1
     shutdowns = [r for r in records if r["event"] == "shutdown"]
@@ -200,6 +204,44 @@ async def test_sigterm_closes_websockets_on_every_worker_with_1001(
     # One log for all workers: connection ids name the process.
     opened = sorted(r["conn"] for r in records if r["event"] == "open")
     assert opened == sorted(f"w{pid}-c{n}" for pid in pids for n in (1, 2))
+
+
+def test_sigterm_while_workers_boot_is_not_lost(tmp_path: Path) -> None:
+    # A worker still booting when the master forwards SIGTERM must stop too, not run on
+    # until the master kills it after 2 x SHUTDOWN_TIMEOUT + 2 s. Each worker is frozen
+    # as soon as it logs that it boots (tens of milliseconds before it serves), so the
+    # SIGTERM reaches it while booting.
+    env = clean_env(
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        WORKERS="2",
+        SHUTDOWN_TIMEOUT="5000",
+        LOG_LEVEL="debug",  # for gunicorn's "Booting worker" line
+    )
+    server = ServerProcess(env, tmp_path, tmp_path / "server.log")
+    frozen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 15
+        while len(frozen) < 2 and time.monotonic() < deadline:
+            booting = re.findall(r"Booting worker with pid: (\d+)", server.log())
+            for pid in {int(p) for p in booting} - frozen:
+                os.kill(pid, signal.SIGSTOP)
+                frozen.add(pid)
+            time.sleep(0.001)
+        assert len(frozen) == 2, server.log()
+        server.signal(signal.SIGTERM)
+        time.sleep(0.3)  # the master forwards it to the frozen workers
+        started = time.monotonic()
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        assert server.wait(20) == 0
+        assert time.monotonic() - started < 5, server.log()
+        assert "SIGKILL" not in server.log()
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        server.stop()
 
 
 async def test_limits_count_per_process(server_process: ServerStarter) -> None:
