@@ -22,6 +22,7 @@ import os
 import queue
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ log = logging.getLogger("echo.workers")
 
 EXIT_MARGIN = 2.0  # seconds on top of a worker's two shutdown phases, to exit
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+DEFAULT_TIMEOUT = 30  # gunicorn's: a worker silent this long is killed and replaced
 
 
 def graceful_timeout(settings: ServerSettings) -> int:
@@ -112,7 +114,7 @@ class ListenerSite(web.SockSite):
         runner: web.BaseRunner,
         sock: socket.socket,
         *,
-        ssl_context: Any,
+        ssl_context: ssl.SSLContext | None,
         handshake_timeout: float,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context, backlog=BACKLOG)
@@ -134,10 +136,11 @@ class EchoWorker(GunicornUVLoopWebWorker):
     """One worker process: echo's app with the single process's HTTP-layer settings.
 
     ``_run`` mirrors ``GunicornWebWorker._run`` of aiohttp 3.14 (the version pinned in
-    pyproject.toml) with three changes: the runner gets ``runner_options(settings)``
+    pyproject.toml) with these changes: the runner gets ``runner_options(settings)``
     (no access log, HANDSHAKE_TIMEOUT as keep-alive timeout, SHUTDOWN_TIMEOUT) instead
-    of gunicorn's, the sites serve TLS with echo's context and handshake timeout, and
-    ``max_requests`` is left out (never set here).
+    of gunicorn's, the sites serve TLS with echo's context and handshake timeout,
+    ``max_requests`` is left out (never set here), and a stop signal that came while
+    the worker booted is acted on (see ``init_signals``).
     """
 
     def init_process(self) -> None:
@@ -261,6 +264,8 @@ def gunicorn_config(settings: ServerSettings, binds: list[str]) -> dict[str, Any
         "workers": settings.workers,
         "worker_class": EchoWorker,
         "graceful_timeout": graceful_timeout(settings),
+        # A worker stopping (on SIGHUP, say) does not tick gunicorn's liveness check.
+        "timeout": max(DEFAULT_TIMEOUT, graceful_timeout(settings)),
         "proc_name": "echo-server",
         "logger_class": EchoLogger,
         "loglevel": level,

@@ -353,6 +353,7 @@ def test_workers_setting_and_what_gunicorn_is_given() -> None:
     config = gunicorn_config(settings, ["fd://7"])
     assert (config["bind"], config["workers"]) == (["fd://7"], 3)
     assert config["graceful_timeout"] == graceful_timeout(settings) == 3  # ceil(0.5 + 2)
+    assert config["timeout"] == 30
     assert config["control_socket_disable"] is True
     assert config["accesslog"] is None
 
