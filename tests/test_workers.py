@@ -270,6 +270,23 @@ async def test_limits_count_per_process(server_process: ServerStarter) -> None:
             await ws.close()
 
 
+async def test_handshake_timeout_holds_in_every_worker(server_process: ServerStarter) -> None:
+    # The workers' runner gets HANDSHAKE_TIMEOUT as its keep-alive timeout, not
+    # gunicorn's (2 s): a connection that sends nothing is cut off after 0.3 s.
+    server, pids = start_workers(server_process, HANDSHAKE_TIMEOUT="300")
+    for pid in pids:
+        with pinned(server, pid):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            started = time.monotonic()
+            try:
+                assert await asyncio.wait_for(reader.read(1024), 10) == b""
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+            assert time.monotonic() - started < 1.5
+
+
 async def test_tls_on_every_worker(server_process: ServerStarter, tmp_path: Path) -> None:
     pki: Pki = make_pki(tmp_path)
     server = start_tls_server(server_process, pki, WORKERS="2", HANDSHAKE_TIMEOUT="500")
