@@ -221,19 +221,24 @@ class EchoWorker(GunicornUVLoopWebWorker):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: stop at once rather than at the next one-second liveness tick."""
-        _log_signal()
+        self._log_signal()
         super().handle_exit(sig, frame)
         self._notify_waiter_done()
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         """SIGINT or SIGQUIT (gunicorn's quick stop): the same graceful stop here."""
-        _log_signal()
+        self._log_signal()
         super().handle_quit(sig, frame)
 
-
-def _log_signal() -> None:
-    pid = os.getpid()
-    log.info("signal received, worker pid=%d shutting down", pid, extra=event("signal", pid=pid))
+    def _log_signal(self) -> None:
+        # Once: Ctrl-C reaches the workers directly, then again through the master.
+        if self.alive:
+            pid = os.getpid()
+            log.info(
+                "signal received, worker pid=%d shutting down",
+                pid,
+                extra=event("signal", pid=pid),
+            )
 
 
 class EchoApplication(BaseApplication):  # type: ignore[misc]
