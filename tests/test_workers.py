@@ -352,7 +352,7 @@ def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("value", ["0", "65", "two", "-1", ""])
+@pytest.mark.parametrize("value", ["0", "65", "two"])
 def test_bad_workers_exits_2_with_one_line(tmp_path: Path, value: str) -> None:
     result = run_server(tmp_path, PORT=str(free_port()), WORKERS=value)
     assert result.returncode == 2, result.stderr
@@ -364,8 +364,9 @@ def test_bad_workers_exits_2_with_one_line(tmp_path: Path, value: str) -> None:
 def test_workers_setting_and_what_gunicorn_is_given() -> None:
     assert ServerSettings.from_env({}).workers == 1
     assert ServerSettings.from_env({"WORKERS": " 8 "}).workers == 8
-    with pytest.raises(ConfigError, match="WORKERS"):
-        ServerSettings.from_env({"WORKERS": "1.5"})
+    for bad in ("1.5", "-1", "", "2 workers"):
+        with pytest.raises(ConfigError, match=r"^invalid WORKERS=.*from 1 to 64$"):
+            ServerSettings.from_env({"WORKERS": bad})
     settings = ServerSettings(workers=3, shutdown_timeout=0.25, log_level="info")
     config = gunicorn_config(settings, ["fd://7"])
     assert (config["bind"], config["workers"]) == (["fd://7"], 3)
