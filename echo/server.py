@@ -344,6 +344,11 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
     }
 
 
+def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
+    """The runner every process serves ``app`` with: the single one, or each worker."""
+    return web.AppRunner(app, handle_signals=False, **runner_options(settings))
+
+
 def log_listening(settings: ServerSettings, host: str, port: int) -> None:
     """The "listening on" line, once per bound address (tests and people read the port)."""
     shown = f"[{host}]" if ":" in host else host
@@ -363,7 +368,7 @@ def log_listening(settings: ServerSettings, host: str, port: int) -> None:
 async def serve_until_signal(settings: ServerSettings) -> None:
     """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, **runner_options(settings))
+    runner = make_runner(app, settings)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -34,7 +34,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from echo.config import ServerSettings
 from echo.eventloop import loop_factory
 from echo.logs import event
-from echo.server import BACKLOG, ListenError, create_app, log_listening, runner_options
+from echo.server import BACKLOG, ListenError, create_app, log_listening, make_runner
 from echo.tls import server_context
 
 log = logging.getLogger("echo.workers")
@@ -136,11 +136,12 @@ class EchoWorker(GunicornUVLoopWebWorker):
     """One worker process: echo's app with the single process's HTTP-layer settings.
 
     ``_run`` mirrors ``GunicornWebWorker._run`` of aiohttp 3.14 (the version pinned in
-    pyproject.toml) with these changes: the runner gets ``runner_options(settings)``
-    (no access log, HANDSHAKE_TIMEOUT as keep-alive timeout, SHUTDOWN_TIMEOUT) instead
-    of gunicorn's, the sites serve TLS with echo's context and handshake timeout,
-    ``max_requests`` is left out (never set here), and a stop signal that came while
-    the worker booted is acted on (see ``init_signals``).
+    pyproject.toml) with these changes: the runner is the single process's
+    (``echo.server.make_runner``: no access log, HANDSHAKE_TIMEOUT as keep-alive
+    timeout, SHUTDOWN_TIMEOUT) instead of one from gunicorn's settings, the sites
+    serve TLS with echo's context and handshake timeout, ``max_requests`` is left out
+    (never set here), and a stop signal that came while the worker booted is acted on
+    (see ``init_signals``).
     """
 
     def init_process(self) -> None:
@@ -160,7 +161,7 @@ class EchoWorker(GunicornUVLoopWebWorker):
         settings = self.settings
         app = self.wsgi
         assert isinstance(app, web.Application)
-        runner = web.AppRunner(app, **runner_options(settings))
+        runner = make_runner(app, settings)
         await runner.setup()
         context = None
         if settings.tls:
