@@ -31,6 +31,7 @@ MAX_DURATION_MS = 86_400_000  # one day: longer waits are a typo, not a wish
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MAX_MESSAGE_COUNT = 10**12
+MAX_WORKERS = 64
 MAX_CLIENT_MESSAGE_SIZE = 1 << 30
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -147,6 +148,7 @@ class ServerSettings:
     tls_key_file: str = ""
     log_format: str = "text"
     trusted_proxies: tuple[Network, ...] = ()
+    workers: int = 1
 
     @property
     def tls(self) -> bool:
@@ -186,6 +188,7 @@ class ServerSettings:
                 parse_trusted_proxies,
                 "a comma-separated list of IP addresses or CIDR networks",
             ),
+            workers=r.integer("WORKERS", 1, 1, MAX_WORKERS),
         )
 
 

@@ -31,6 +31,7 @@ SERVER_VARIABLES = [
     "LOG_LEVEL",
     "LOG_FORMAT",
     "TRUSTED_PROXIES",
+    "WORKERS",
 ]
 # Only together, and naming files: their rules are tested in tests/test_tls.py.
 TLS_SERVER_VARIABLES = ["TLS_CERT_FILE", "TLS_KEY_FILE"]
