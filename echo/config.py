@@ -31,6 +31,7 @@ MAX_DURATION_MS = 86_400_000  # one day: longer waits are a typo, not a wish
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MAX_MESSAGE_COUNT = 10**12
+MAX_WORKERS = 64
 MAX_CLIENT_MESSAGE_SIZE = 1 << 30
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -148,6 +149,7 @@ class ServerSettings:
     log_format: str = "text"
     trusted_proxies: tuple[Network, ...] = ()
     metrics: bool = True
+    workers: int = 1
 
     @property
     def tls(self) -> bool:
@@ -188,6 +190,7 @@ class ServerSettings:
                 "a comma-separated list of IP addresses or CIDR networks",
             ),
             metrics=r.boolean("METRICS", True),
+            workers=r.integer("WORKERS", 1, 1, MAX_WORKERS),
         )
 
 

@@ -20,6 +20,11 @@ def main() -> None:
     except ConfigError as error:
         print(f"echo-dev: {error}", file=sys.stderr)
         sys.exit(2)
+    if settings.workers > 1:  # adev serves one process and reloads it
+        print(
+            f"echo-dev: WORKERS={settings.workers} ignored: make dev runs one process",
+            file=sys.stderr,
+        )
     adev = shutil.which("adev", path=str(Path(sys.executable).parent)) or shutil.which("adev")
     if adev is None:
         print("echo-dev: adev not found; run 'make install'", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The client's address behind trusted reverse proxies (TRUSTED_PROXIES, X-Forwarded-For).
+"""The client behind trusted reverse proxies (TRUSTED_PROXIES): X-Forwarded-For and -Proto.
 
 Only a request whose peer is itself a trusted proxy may name another client address:
 X-Forwarded-For is then read from the right (each proxy appends the address it received
@@ -6,6 +6,12 @@ the request from), skipping addresses that are trusted proxies too, and the firs
 that is not is the client. Anything to its left was written by the client and is
 ignored. From any other peer the header is ignored, so a client cannot pick the address
 its connections are counted and logged under.
+
+X-Forwarded-Proto is believed under the same condition: a proxy that terminates TLS
+says the client used https, so the same-origin rule compares a page's Origin with
+``https://host``. Only ``http`` and ``https`` are taken. X-Forwarded-Host is not read:
+the proxy is expected to pass the Host header through (deploy/nginx/echo.conf does), and
+a second source for the host would only be a second thing to spoof.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+FORWARDED_SCHEMES = frozenset({"http", "https"})
 
 
 def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
@@ -42,13 +50,20 @@ def _address(text: str) -> Address | None:
 
 
 class TrustedProxies:
-    """Decides a request's client address from its peer and X-Forwarded-For headers."""
+    """Decides a request's client address and scheme from its peer and X-Forwarded-* headers."""
 
     def __init__(self, networks: Iterable[Network]) -> None:
         self.networks = tuple(networks)
 
     def trusts(self, address: Address) -> bool:
         return any(address in network for network in self.networks)
+
+    def _trusted_peer(self, peer: str | None) -> Address | None:
+        """The peer's address if it is a trusted proxy, else None."""
+        if not self.networks or peer is None:
+            return None
+        address = _address(peer)
+        return address if address is not None and self.trusts(address) else None
 
     def client_address(self, peer: str | None, forwarded_for: Iterable[str]) -> str | None:
         """The client address: ``peer`` unless it is a trusted proxy that forwarded one.
@@ -57,10 +72,8 @@ class TrustedProxies:
         An entry that is not an IP address ends the walk: the address to its right
         (the last one a trusted proxy vouched for) is used.
         """
-        if not self.networks or peer is None:
-            return peer
-        current = _address(peer)
-        if current is None or not self.trusts(current):
+        current = self._trusted_peer(peer)
+        if current is None:
             return peer
         entries = [entry for value in forwarded_for for entry in value.split(",")]
         for entry in reversed(entries):
@@ -71,3 +84,17 @@ class TrustedProxies:
             if not self.trusts(hop):
                 break
         return str(current)
+
+    def scheme(self, peer: str | None, scheme: str, forwarded_proto: Iterable[str]) -> str:
+        """The scheme the client used: ``scheme`` unless a trusted proxy forwarded another.
+
+        ``forwarded_proto`` are the X-Forwarded-Proto header values in the order received.
+        The right-most entry counts (the one the proxy next to us wrote, as it appends
+        last); it is used only if it is ``http`` or ``https``, in any case.
+        """
+        if self._trusted_peer(peer) is None:
+            return scheme
+        entries = [entry.strip().lower() for value in forwarded_proto for entry in value.split(",")]
+        if entries and entries[-1] in FORWARDED_SCHEMES:
+            return entries[-1]
+        return scheme

@@ -11,10 +11,11 @@ import argparse
 import asyncio
 import itertools
 import logging
+import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import WSMsgType, hdrs, web
@@ -38,6 +39,7 @@ log = logging.getLogger("echo.server")
 RETRY_AFTER_SECONDS = 1
 CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close frame after sending ours
 SHUTDOWN_MESSAGE = b"server shutting down"
+BACKLOG = 1024  # pending connections the kernel queues for us
 
 _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
     Refusal.ORIGIN: (403, "origin not allowed"),
@@ -77,6 +79,8 @@ class EchoServer:
         self.connections: dict[web.WebSocketResponse, Connection] = {}
         self.started = time.monotonic()
         self._ids = itertools.count(1)
+        # Workers share one log: their connection ids carry the process id (w1234-c1).
+        self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
@@ -98,6 +102,9 @@ class EchoServer:
                 "connections": self.limiter.open,
                 "max_connections": self.settings.max_connections,
                 "uptime_seconds": round(time.monotonic() - self.started, 3),
+                # With WORKERS > 1 every figure above is this process's own.
+                "pid": os.getpid(),
+                "workers": self.settings.workers,
             },
             headers={hdrs.CACHE_CONTROL: "no-store"},
         )
@@ -121,10 +128,13 @@ class EchoServer:
             return False
         return parsed in self.settings.allowed_origins or parsed == self._page_origin(request)
 
-    @staticmethod
-    def _page_origin(request: web.Request) -> Origin | None:
+    def _page_origin(self, request: web.Request) -> Origin | None:
+        """This server's own origin as the client sees it (behind a trusted proxy too)."""
         host = request.headers.get(hdrs.HOST)
-        return own_origin(request.scheme, host) if host else None
+        if not host:
+            return None
+        forwarded = request.headers.getall(hdrs.X_FORWARDED_PROTO, [])
+        return own_origin(self.proxies.scheme(request.remote, request.scheme, forwarded), host)
 
     def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
         status, text = _REFUSAL_STATUS[reason]
@@ -165,7 +175,7 @@ class EchoServer:
                 metrics=self.metrics,
             )
             await ws.prepare(request)
-            conn = Connection(id=f"c{next(self._ids)}", remote=remote)
+            conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote)
             self.connections[ws] = conn
             if self.metrics is not None:
                 self.metrics.connections_total += 1
@@ -189,6 +199,7 @@ class EchoServer:
                 )
                 await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
             finally:
+                ws.release()
                 del self.connections[ws]
                 if self.metrics is not None:
                     self.metrics.connection_closed(conn)
@@ -340,7 +351,8 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
 
 def dev_app() -> web.Application:
     """App factory for ``adev runserver``: the same settings as ``echo-server``."""
-    settings = ServerSettings.from_env(load_environment())
+    # adev runs this one process (echo.dev says WORKERS is ignored); /healthz says so too.
+    settings = replace(ServerSettings.from_env(load_environment()), workers=1)
     configure_logging(settings.log_level, settings.log_format)
     # adev injects its live-reload script, served with its WebSocket on PORT + 1.
     return create_app(settings, development_options(settings.port + 1))
@@ -351,20 +363,50 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
 
     aiohttp arms its keep-alive timer when a connection is accepted and fires it only
     while no complete request has arrived, so it doubles as the handshake timeout: a
-    client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT. Run the
-    app with echo.metrics.MeteredRunner to have those cut-offs counted in /metrics.
+    client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT; the
+    runner of make_runner (echo.metrics.MeteredRunner) counts those cut-offs.
+
+    TCP keep-alive (SO_KEEPALIVE, first probe after two idle hours by default) is
+    left off: the handshake timeout bounds idle HTTP connections and the heartbeat
+    idle WebSockets, much sooner; setting it cost a system call per connection.
     """
     return {
         "access_log": None,
+        "tcp_keepalive": False,
         "keepalive_timeout": settings.handshake_timeout,
         "shutdown_timeout": settings.shutdown_timeout,
     }
 
 
+def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
+    """The runner every process serves ``app`` with: the single one, or each worker.
+
+    A MeteredRunner, so /metrics counts handshake timeouts (without metrics it builds
+    aiohttp's own server).
+    """
+    return MeteredRunner(app, handle_signals=False, **runner_options(settings))
+
+
+def log_listening(settings: ServerSettings, host: str, port: int) -> None:
+    """The "listening on" line, once per bound address (tests and people read the port)."""
+    shown = f"[{host}]" if ":" in host else host
+    http, ws = ("https", "wss") if settings.tls else ("http", "ws")
+    log.info(
+        "listening on %s://%s:%d/ (WebSocket %s://%s:%d/)",
+        http,
+        shown,
+        port,
+        ws,
+        shown,
+        port,
+        extra=event("listening", url=f"{http}://{shown}:{port}/", tls=settings.tls),
+    )
+
+
 async def serve_until_signal(settings: ServerSettings) -> None:
     """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
     app = create_app(settings)
-    runner = MeteredRunner(app, handle_signals=False, **runner_options(settings))
+    runner = make_runner(app, settings)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -380,29 +422,17 @@ async def serve_until_signal(settings: ServerSettings) -> None:
                 settings.port,
                 ssl_context=context,
                 handshake_timeout=settings.handshake_timeout,
-                backlog=1024,
+                backlog=BACKLOG,
             )
         else:
-            site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+            site = web.TCPSite(runner, settings.host, settings.port, backlog=BACKLOG)
         try:
             await site.start()
         except OSError as error:
             where = f"{settings.host}:{settings.port}"
             raise ListenError(f"cannot listen on {where}: {error.strerror or error}") from None
         for address in runner.addresses:
-            host, port = address[0], address[1]
-            shown = f"[{host}]" if ":" in host else host
-            http, ws = ("https", "wss") if settings.tls else ("http", "ws")
-            log.info(
-                "listening on %s://%s:%d/ (WebSocket %s://%s:%d/)",
-                http,
-                shown,
-                port,
-                ws,
-                shown,
-                port,
-                extra=event("listening", url=f"{http}://{shown}:{port}/", tls=settings.tls),
-            )
+            log_listening(settings, address[0], address[1])
         await stop.wait()
         log.info("signal received, shutting down", extra=event("signal"))
     finally:
@@ -424,12 +454,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_format)
     try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve_until_signal(settings))
+        if settings.workers > 1:
+            from echo.workers import serve_with_workers  # gunicorn is loaded only here
+
+            serve_with_workers(settings)
+        else:
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                runner.run(serve_until_signal(settings))
     except ListenError as error:
         print(f"echo-server: {error}", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    # Run main() of the module as imported, not of this __main__ copy: echo.workers
+    # imports echo.server, and the ListenError it raises must be the one main() catches.
+    from echo import server
+
+    server.main()

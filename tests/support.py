@@ -32,6 +32,7 @@ SERVER_VARIABLES = [
     "LOG_FORMAT",
     "TRUSTED_PROXIES",
     "METRICS",
+    "WORKERS",
 ]
 # Only together, and naming files: their rules are tested in tests/test_tls.py.
 TLS_SERVER_VARIABLES = ["TLS_CERT_FILE", "TLS_KEY_FILE"]

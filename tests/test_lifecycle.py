@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections.abc import Callable
 
 import aiohttp
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
+from aiohttp.web_protocol import RequestHandler
 
 from echo.server import SERVER_KEY
 from tests.support import ServerFactory, ServerProcess, wait_until
-from tests.wsraw import OP_PING, OP_PONG, RawWebSocket
+from tests.wsraw import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, close_payload
 
 
 async def test_heartbeat_drops_a_peer_that_stops_answering_pings(start_app: ServerFactory) -> None:
@@ -119,3 +121,40 @@ async def test_shutdown_does_not_wait_past_its_timeout_for_a_silent_peer(
     assert await asyncio.to_thread(proc.wait, 10) == 0
     assert time.monotonic() - started < 4
     await silent.aclose()
+
+
+async def test_a_closed_connection_is_freed_without_the_cycle_collector(
+    start_app: ServerFactory,
+) -> None:
+    """Under churn, what a connection leaves behind must go by reference counting alone.
+
+    Otherwise each closed connection (request, protocol, response, buffers) waits for
+    the cyclic garbage collector, which costs memory and time.
+    """
+    server = await start_app(heartbeat_interval=30.0)
+    limiter = server.app[SERVER_KEY].limiter
+    server_side = (RequestHandler, web.BaseRequest, web.WebSocketResponse)
+    gc.collect()
+    gc.disable()
+    try:
+        for ending in ("close", "abort"):
+            for _ in range(5):
+                raw = await RawWebSocket.connect("127.0.0.1", server.port)
+                await raw.send(OP_TEXT, b"hello")
+                assert (await raw.recv(timeout=2)).payload == b"hello"
+                if ending == "close":
+                    await raw.send(OP_CLOSE, close_payload(1000))
+                    assert (await raw.recv(timeout=2)).opcode == OP_CLOSE
+                    await raw.aclose()
+                else:
+                    raw.abort()
+        await wait_until(lambda: limiter.open == 0, timeout=5)
+        await asyncio.sleep(0.1)  # let the handlers' tasks finish
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, server_side)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert leaked == []

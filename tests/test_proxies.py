@@ -1,4 +1,4 @@
-"""TRUSTED_PROXIES: X-Forwarded-For names the client only when the peer is a trusted proxy."""
+"""TRUSTED_PROXIES: X-Forwarded-For and -Proto are believed only from a trusted proxy."""
 
 from __future__ import annotations
 
@@ -48,6 +48,33 @@ def proxies(text: str) -> TrustedProxies:
 )
 def test_client_address(trusted: str, peer: str, xff: list[str], client: str) -> None:
     assert proxies(trusted).client_address(peer, xff) == client
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "scheme", "xfp", "expected"),
+    [
+        ("", "127.0.0.1", "http", ["https"], "http"),  # nothing trusted
+        ("10.0.0.0/8", "127.0.0.1", "http", ["https"], "http"),  # peer not trusted
+        ("127.0.0.1", "127.0.0.1", "http", [], "http"),  # no header
+        ("127.0.0.1", "127.0.0.1", "http", ["https"], "https"),
+        ("127.0.0.1", "127.0.0.1", "http", [" HTTPS "], "https"),
+        ("127.0.0.1", "127.0.0.1", "https", ["http"], "http"),  # TLS to us, plain to the proxy
+        ("127.0.0.0/8", "::ffff:127.0.0.1", "http", ["https"], "https"),
+        ("::1", "::1", "http", ["https"], "https"),
+        # Only http and https are taken.
+        ("127.0.0.1", "127.0.0.1", "http", ["wss"], "http"),
+        ("127.0.0.1", "127.0.0.1", "http", ["https://evil.example"], "http"),
+        ("127.0.0.1", "127.0.0.1", "http", [""], "http"),
+        ("127.0.0.1", "127.0.0.1", "https", ["ftp"], "https"),
+        # The right-most entry is the one the proxy next to us wrote.
+        ("127.0.0.1", "127.0.0.1", "http", ["http, https"], "https"),
+        ("127.0.0.1", "127.0.0.1", "http", ["https, http"], "http"),
+        ("127.0.0.1", "127.0.0.1", "http", ["https", "http"], "http"),
+        ("127.0.0.1", "127.0.0.1", "http", ["https, junk"], "http"),
+    ],
+)
+def test_scheme(trusted: str, peer: str, scheme: str, xfp: list[str], expected: str) -> None:
+    assert proxies(trusted).scheme(peer, scheme, xfp) == expected
 
 
 def test_trusted_proxies_setting() -> None:
@@ -124,3 +151,39 @@ async def test_trusted_proxy_gives_each_forwarded_client_its_own_slot(
     assert "open id=c2 remote=198.51.100.2 " in caplog.text
     assert "refused remote=198.51.100.1 " in caplog.text
     await wait_until(lambda: limiter.open == 0)
+
+
+async def origin_status(url: str, origin: str, headers: dict[str, str]) -> int:
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.ws_connect(url, origin=origin, headers=headers):
+                return 101
+        except aiohttp.WSServerHandshakeError as error:
+            return error.status
+
+
+@pytest.mark.parametrize("trusted", ["127.0.0.1", "10.0.0.0/8"])
+async def test_x_forwarded_proto_from_a_trusted_proxy_makes_the_https_page_same_origin(
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture, trusted: str
+) -> None:
+    caplog.set_level(logging.INFO, "echo.server")
+    server = await start_app(
+        any_origin=False,
+        allowed_origins=frozenset(),
+        allow_missing_origin=False,
+        trusted_proxies=parse_trusted_proxies(trusted),
+    )
+    url = str(server.make_url("/"))
+    page = f"https://127.0.0.1:{server.port}"  # what a browser sends from the https:// page
+    tls_terminated = {"X-Forwarded-Proto": "https"}
+    if trusted == "127.0.0.1":  # the peer is a trusted proxy: its word counts
+        assert await origin_status(url, page, tls_terminated) == 101
+        assert await origin_status(url, page, {"X-Forwarded-Proto": "HTTPS"}) == 101
+        assert await origin_status(url, page, {"X-Forwarded-Proto": "ftp"}) == 403
+    else:  # an untrusted peer sending the same header changes nothing
+        assert await origin_status(url, page, tls_terminated) == 403
+        assert "refused remote=127.0.0.1 origin='https://127.0.0.1:" in caplog.text
+    # Without the header the scheme is the connection's own, from anyone.
+    assert await origin_status(url, page, {}) == 403
+    assert await origin_status(url, f"http://127.0.0.1:{server.port}", {}) == 101
+    await wait_until(lambda: server.app[SERVER_KEY].limiter.open == 0)
