@@ -10,8 +10,8 @@ scenarios also measure what the metrics cost: in each round the real server with
 METRICS=true and one with METRICS=false run at the same time, on the same CPU, each
 driven by its own load generator, so whatever else the machine does hits both alike;
 the report gives the ratio metrics on / off of messages per second and per server
-CPU-second (the issue asks for at most 3%). The table goes to stdout and every raw figure to
-``reports/bench.json``. Exit status 1 if any echo was wrong or
+CPU-second (the issue asks for at most 3%). The table goes to stdout and every raw
+figure to ``reports/bench.json``. Exit status 1 if any echo was wrong or
 any connection failed, so the short run in CI keeps the harness honest.
 """
 
@@ -197,8 +197,8 @@ def median(values: list[float | None]) -> float | None:
 def paired_ratio(
     mine: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str
 ) -> float | None:
-    """The median of each round's ratio: both ran seconds apart, so what else the
-    machine was doing cancels out."""
+    """The median of each round's ratio: the two of a round ran seconds apart (or at
+    the same time), so what else the machine was doing cancels out."""
     pairs = zip(mine, theirs, strict=True)
     return median(
         [a.get(key) / b[key] if a.get(key) is not None and b.get(key) else None for a, b in pairs]
