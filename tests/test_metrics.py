@@ -268,10 +268,11 @@ async def raw_close_exchange(
         ([encode_frame(OP_CLOSE, close_payload(4321))], None, 4321, 4321),
         ([encode_frame(OP_CLOSE, close_payload(2999))], None, 1002, None),  # invalid code
         ([encode_frame(OP_TEXT, INVALID_UTF8)], 1007, 1007, 1007),
+        ([encode_frame(OP_CLOSE, close_payload(1000, b"\xff"))], None, 1007, None),
         ([encode_frame(OP_BINARY, b"z" * 101)], 1000, 1009, None),
         ([encode_frame(OP_TEXT, b"unmasked", mask=False)], 1000, 1002, None),
     ],
-    ids=["1000", "1001", "no-code", "4xxx", "invalid", "1007", "1009", "unmasked"],
+    ids=["1000", "1001", "no-code", "4xxx", "invalid", "1007", "bad-reason", "1009", "unmasked"],
 )
 async def test_close_codes_sent_and_received(
     start_app: ServerFactory,
@@ -280,8 +281,9 @@ async def test_close_codes_sent_and_received(
     sent: int,
     received: int | None,
 ) -> None:
-    """Peer-initiated closes are answered; for protocol errors (aiohttp's 1009 and 1002)
-    aiohttp stops reading, so a peer's answer to them is never seen."""
+    """Peer-initiated closes are answered; after aiohttp's protocol errors (1009, 1002,
+    1007 for a close reason that is not UTF-8) aiohttp stops reading, so a peer's answer
+    to them is never seen."""
     server = await start_app(max_message_size=100)
     code, dropped = await raw_close_exchange(server, frames, reply)
     assert code == sent
