@@ -5,8 +5,13 @@ For each round and scenario it starts a fresh server (``python -m echo.server``,
 from a separate load-generator process (``echo.bench_client``), server and generator
 pinned to different CPUs where the machine has two. Absolute figures drift on a shared
 machine; the ratios of figures taken seconds apart do not, so the report leads with the
-median over rounds of each metric's ratio (real / reference). The table goes to stdout
-and every raw figure to ``reports/bench.json``. Exit status 1 if any echo was wrong or
+median over rounds of each metric's ratio (real / reference). The small-message echo
+scenarios also measure what the metrics cost: in each round the real server with
+METRICS=true and one with METRICS=false run at the same time, on the same CPU, each
+driven by its own load generator, so whatever else the machine does hits both alike;
+the report gives the ratio metrics on / off of messages per second and per server
+CPU-second (the issue asks for at most 3%). The table goes to stdout and every raw
+figure to ``reports/bench.json``. Exit status 1 if any echo was wrong or
 any connection failed, so the short run in CI keeps the harness honest.
 """
 
@@ -30,6 +35,9 @@ from typing import Any
 import aiohttp
 
 SERVERS = ("real", "reference")
+NO_METRICS = "nometrics"  # the real server with METRICS=false
+PAIR = ("metrics_on", "metrics_off")  # result keys of the concurrent real / NO_METRICS run
+METRICS_TARGET = 0.97  # metrics on / off: at most 3% of throughput
 REPORT = Path("reports/bench.json")
 
 
@@ -44,13 +52,21 @@ class Scenario:
     metric: str = "msgs_per_s"
     higher_is_better: bool = True
     target: float | None = None  # the ratio real/reference to reach
+    metrics_overhead: bool = False  # also run real with METRICS on and off concurrently
 
 
 def scenarios(quick: bool) -> list[Scenario]:
     conns = 10 if quick else 50
     return [
-        Scenario("50x32B text, 1 in flight", "echo", conns, target=1.25),
-        Scenario("50x32B text, 16 in flight", "echo", conns, in_flight=16, target=1.1),
+        Scenario("50x32B text, 1 in flight", "echo", conns, target=1.25, metrics_overhead=True),
+        Scenario(
+            "50x32B text, 16 in flight",
+            "echo",
+            conns,
+            in_flight=16,
+            target=1.1,
+            metrics_overhead=True,
+        ),
         Scenario("10x64KiB binary", "echo", 4 if quick else 10, "binary", 65536, target=1.1),
         Scenario(
             "idle connections",
@@ -84,7 +100,7 @@ class Server:
     def __init__(self, which: str, max_connections: int, workdir: Path) -> None:
         self.port = free_port()
         env = dict(os.environ)
-        if which == "real":
+        if which in ("real", NO_METRICS):
             env.update(
                 HOST="127.0.0.1",
                 PORT=str(self.port),
@@ -92,6 +108,7 @@ class Server:
                 ALLOW_MISSING_ORIGIN="true",
                 MAX_CONNECTIONS=str(max_connections + 100),
                 LOG_LEVEL="warning",
+                METRICS="false" if which == NO_METRICS else "true",
             )
             argv = [sys.executable, "-m", "echo.server"]
         else:
@@ -124,29 +141,48 @@ class Server:
         self.log.close()
 
 
-def run_one(s: Scenario, which: str, duration: float, warmup: float, workdir: Path) -> Any:
-    server = Server(which, s.connections, workdir)
+def run_together(
+    s: Scenario, which: tuple[str, ...], duration: float, warmup: float, workdir: Path
+) -> list[Any]:
+    """Run scenario ``s`` against each server of ``which`` at the same time (servers on
+    one CPU, their load generators on another); one result per server."""
+    servers: list[Server] = []
+    outs: list[str] = []
     try:
-        params = {
-            "mode": s.mode,
-            "port": server.port,
-            "server_pid": server.proc.pid,
-            "connections": s.connections,
-            "kind": s.kind,
-            "size": s.size,
-            "in_flight": s.in_flight,
-            "duration": min(duration, 2.0) if s.mode == "idle" else duration,
-            "warmup": warmup,
-        }
-        client = subprocess.Popen(
-            [sys.executable, "-m", "echo.bench_client", json.dumps(params)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        pin(client.pid, 1)
-        out, _ = client.communicate(timeout=duration + warmup + 180)
+        for w in which:
+            servers.append(Server(w, s.connections, workdir))
+        clients = []
+        for server in servers:
+            params = {
+                "mode": s.mode,
+                "port": server.port,
+                "server_pid": server.proc.pid,
+                "connections": s.connections,
+                "kind": s.kind,
+                "size": s.size,
+                "in_flight": s.in_flight,
+                "duration": min(duration, 2.0) if s.mode == "idle" else duration,
+                "warmup": warmup,
+            }
+            client = subprocess.Popen(
+                [sys.executable, "-m", "echo.bench_client", json.dumps(params)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            pin(client.pid, 1)
+            clients.append(client)
+        outs = [client.communicate(timeout=duration + warmup + 180)[0] for client in clients]
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
+    return [parse_result(out) for out in outs]
+
+
+def run_one(s: Scenario, which: str, duration: float, warmup: float, workdir: Path) -> Any:
+    return run_together(s, (which,), duration, warmup, workdir)[0]
+
+
+def parse_result(out: str) -> Any:
     try:
         return json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -158,9 +194,20 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def paired_ratio(
+    mine: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str
+) -> float | None:
+    """The median of each round's ratio: the two of a round ran seconds apart (or at
+    the same time), so what else the machine was doing cancels out."""
+    pairs = zip(mine, theirs, strict=True)
+    return median(
+        [a.get(key) / b[key] if a.get(key) is not None and b.get(key) else None for a, b in pairs]
+    )
+
+
 def summarise(s: Scenario, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     if s.mode != "idle":
-        for r in results["real"] + results["reference"]:
+        for r in (run for runs in results.values() for run in runs):
             cpu = r.get("cpu_s_per_1k")
             r["per_cpu_s"] = 1000 / cpu if cpu else None
     extra = [
@@ -176,14 +223,22 @@ def summarise(s: Scenario, results: dict[str, list[dict[str, Any]]]) -> dict[str
     for key in keys:
         real = median([r.get(key) for r in results["real"]])
         ref = median([r.get(key) for r in results["reference"]])
-        # The ratio is the median of each round's ratio: real and reference of one
-        # round ran seconds apart, so what else the machine was doing cancels out.
-        pairs = zip(results["real"], results["reference"], strict=True)
-        ratios = [
-            a.get(key) / b[key] if a.get(key) is not None and b.get(key) else None for a, b in pairs
-        ]
-        summary[key] = {"real": real, "reference": ref, "ratio": median(ratios)}
-    summary["errors"] = {w: sum(r.get("errors", 0) for r in results[w]) for w in SERVERS}
+        summary[key] = {
+            "real": real,
+            "reference": ref,
+            "ratio": paired_ratio(results["real"], results["reference"], key),
+        }
+    if s.metrics_overhead:
+        on, off = (results[k] for k in PAIR)
+        summary["metrics_overhead"] = {
+            key: {
+                "on": median([r.get(key) for r in on]),
+                "off": median([r.get(key) for r in off]),
+                "ratio": paired_ratio(on, off, key),
+            }
+            for key in (s.metric, "per_cpu_s")
+        }
+    summary["errors"] = {w: sum(r.get("errors", 0) for r in results[w]) for w in results}
     return summary
 
 
@@ -229,6 +284,15 @@ def table(plan: list[Scenario], summaries: list[dict[str, Any]]) -> str:
                 f"  {error_text if first else ''}"
             )
             first = False
+        for i, (key, row) in enumerate(summary.get("metrics_overhead", {}).items()):
+            label = "per CPU-s on/off" if key == "per_cpu_s" else f"{labels[key][0]} on/off"
+            ok = row["ratio"] is not None and row["ratio"] >= METRICS_TARGET
+            target = f">={METRICS_TARGET:.2f}{' ok' if ok else ' NO'}"
+            lines.append(
+                f"{'' if i else '  metrics on / off':<27} {label:<17} {fmt(row['on']):>10}"
+                f" {fmt(row['off']):>10} {fmt(row['ratio'], 3):>6} {target:>7}"
+                f"  {'' if i else sum(errors.get(k, 0) for k in PAIR)}"
+            )
     return "\n".join(lines)
 
 
@@ -258,12 +322,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: open-files limit {limit} caps idle connections", file=sys.stderr)
             object.__setattr__(s, "connections", max(limit - 200, 1))
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
-        s.name: {w: [] for w in SERVERS} for s in plan
+        s.name: {w: [] for w in SERVERS + (PAIR if s.metrics_overhead else ())} for s in plan
     }
     with tempfile.TemporaryDirectory(prefix="echo-bench-") as tmp:
         for r in range(rounds):
             order = SERVERS if r % 2 == 0 else SERVERS[::-1]
             for s in plan:
+                if s.metrics_overhead:
+                    pair = ("real", NO_METRICS) if r % 2 == 0 else (NO_METRICS, "real")
+                    ran = run_together(s, pair, duration, warmup, Path(tmp))
+                    runs = dict(zip(pair, ran, strict=True))
+                    for key, which in zip(PAIR, ("real", NO_METRICS), strict=True):
+                        results[s.name][key].append(runs[which])
+                        print(
+                            f"round {r + 1}/{rounds} {s.name} [{key}, concurrent]"
+                            f" {s.metric}={fmt(runs[which].get(s.metric), 1)}"
+                            f" errors={runs[which].get('errors', 0)}"
+                            f" {runs[which].get('first_error', '')}",
+                            file=sys.stderr,
+                        )
                 for which in order:
                     result = run_one(s, which, duration, warmup, Path(tmp))
                     results[s.name][which].append(result)

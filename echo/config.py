@@ -148,6 +148,7 @@ class ServerSettings:
     tls_key_file: str = ""
     log_format: str = "text"
     trusted_proxies: tuple[Network, ...] = ()
+    metrics: bool = True
     workers: int = 1
 
     @property
@@ -188,6 +189,7 @@ class ServerSettings:
                 parse_trusted_proxies,
                 "a comma-separated list of IP addresses or CIDR networks",
             ),
+            metrics=r.boolean("METRICS", True),
             workers=r.integer("WORKERS", 1, 1, MAX_WORKERS),
         )
 

@@ -14,18 +14,24 @@ size limit or with invalid UTF-8 (serve closes with 1009 / 1007), anything while
 transport is paused for writing (serve awaits the drain, and a full queue pauses
 reading: back-pressure is kept), closing connections, compressed connections (the
 compressor is shared with serve's sends) and debug logging (serve logs a preview).
+
+With metrics on (METRICS=true), :class:`MeteredEchoQueue` also counts binary messages
+apart and the size of each message in the shared histogram of echo.metrics, and
+:meth:`EchoResponse.close` counts the close codes sent and received.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
 from echo import protocol
 from echo.masking import MaskedFramesOnly
+from echo.metrics import Metrics, Traffic
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
@@ -80,12 +86,71 @@ class EchoQueue(WebSocketDataQueue):
         return None
 
 
+class MeteredEchoQueue(EchoQueue):
+    """EchoQueue that also counts binary messages apart and each message's size.
+
+    ``feed_data`` repeats EchoQueue's checks rather than calling it, so the echo costs
+    one Python call per message either way; keep the two in step.
+    """
+
+    __slots__ = ("bounds", "sizes")
+
+    def __init__(self, protocol: Any, limit: int, *, loop: Any, metrics: Metrics) -> None:
+        super().__init__(protocol, limit, loop=loop)
+        self.bounds = metrics.bounds
+        self.sizes = metrics.sizes
+
+    def feed_data(self, data: Any, size: int) -> None:
+        counters: Traffic | None = self.counters  # type: ignore[assignment]
+        kind = data[0]
+        if (
+            counters is None
+            or (kind is not _TEXT and kind is not _BINARY)
+            or self._buffer
+            or self._protocol._paused
+            or self.transport.is_closing()
+        ):
+            return WebSocketDataQueue.feed_data(self, data, size)
+        payload: bytes = data[1]
+        n = len(payload)
+        if n > self.limit or (kind is _TEXT and not protocol.is_utf8(payload)):
+            return WebSocketDataQueue.feed_data(self, data, size)
+        response = self.response
+        assert response is not None
+        if response.closed:
+            return WebSocketDataQueue.feed_data(self, data, size)
+        self.write_frame(payload, kind, 0)
+        counters.messages_in += 1
+        counters.bytes_in += n
+        counters.messages_out += 1
+        counters.bytes_out += n
+        if kind is _BINARY:
+            counters.binary_in += 1
+            counters.binary_bytes_in += n
+            counters.binary_out += 1
+            counters.binary_bytes_out += n
+        # Small messages, the common case, skip the bisect call (a few % of throughput).
+        if n <= 64:
+            self.sizes[0 if n <= 16 else 1] += 1
+        else:
+            self.sizes[bisect_left(self.bounds, n)] += 1
+        return None
+
+
 class EchoResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds an :class:`EchoQueue`.
 
     ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class and the
-    mask check of echo.masking in front of the frame parser.
+    mask check of echo.masking in front of the frame parser. ``metrics`` (or None)
+    is where its queue and :meth:`close` count.
     """
+
+    # A slot, not an instance attribute: see the heartbeat note below.
+    __slots__ = ("_metrics",)
+
+    def __init__(self, *, metrics: Metrics | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._metrics = metrics
 
     # aiohttp pushes the heartbeat back on every loop tick that brings data, with a
     # loop.call_soon each time: about a tenth of the server's time when echoing small
@@ -121,7 +186,13 @@ class EchoResponse(web.WebSocketResponse):
         if self._compress:  # the compressor is shared with serve(): take the normal road
             queue = WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
         else:
-            echo_queue = EchoQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
+            echo_queue = (
+                EchoQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
+                if self._metrics is None
+                else MeteredEchoQueue(
+                    request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, metrics=self._metrics
+                )
+            )
             echo_queue.response = self
             echo_queue.transport = writer.transport
             echo_queue.write_frame = writer._write_websocket_frame
@@ -136,6 +207,35 @@ class EchoResponse(web.WebSocketResponse):
         # The HTTP parser is never used again once the frame parser is set (aiohttp
         # checks for None); dropping it frees about 1 KiB per idle connection.
         request.protocol._parser = None
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        """aiohttp's close, counting the close codes sent and received (with metrics).
+
+        Every close frame the server sends goes through here, aiohttp's own for
+        protocol errors (1002, 1007, 1009) included. The peer's code is known when its
+        close came first (receive() kept its code and set ``_closing``), or when it
+        answered ours inside aiohttp's close (the code is then set without
+        ``_closing``; a timeout or lost transport leaves 1006, which no peer may send).
+        When close() is called during receive() (shutdown), aiohttp closes the
+        transport without reading the peer's answer.
+        """
+        metrics = self._metrics
+        writer = self._writer
+        if metrics is None or self._closed or writer is None:
+            return await super().close(code=code, message=message, drain=drain)
+        peer_first = self._closing and self._close_code != WSCloseCode.ABNORMAL_CLOSURE
+        if peer_first:
+            metrics.received_close(self._close_code or 0)
+        if not writer.transport.is_closing():
+            metrics.sent_close(code)
+        result = await super().close(code=code, message=message, drain=drain)
+        if not peer_first and not self._closing:
+            answer = self._close_code
+            if answer is not None and answer != WSCloseCode.ABNORMAL_CLOSURE:
+                metrics.received_close(answer)
+        return result
 
     def start_echo(self, counters: Counters, max_message_size: int) -> None:
         """Begin echoing from the parser; until now messages waited in the queue."""

@@ -77,7 +77,8 @@ class HttpEcho:
 
     @staticmethod
     def _reserved(request: web.Request) -> web.Response:
-        """Another method on a served path (405), or a path not served yet (/metrics: 404)."""
+        """Another method on a served path (405), or a path not served (/metrics: 404
+        when METRICS=false)."""
         if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
             raise web.HTTPNotFound()
         raise web.HTTPMethodNotAllowed(request.method, [hdrs.METH_GET, hdrs.METH_HEAD])

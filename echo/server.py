@@ -27,6 +27,7 @@ from echo.fastpath import EchoResponse
 from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
+from echo.metrics import MeteredRunner, Metrics, add_metrics
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.proxies import TrustedProxies
@@ -49,7 +50,11 @@ _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
 
 @dataclass(slots=True)
 class Connection:
-    """Book-keeping for one open WebSocket, reported when it closes."""
+    """Book-keeping for one open WebSocket, reported when it closes.
+
+    ``messages_*`` and ``bytes_*`` count data messages of both types; the ``binary_*``
+    counters are kept only with metrics on (echo.metrics reports text as the difference).
+    """
 
     id: str
     remote: str
@@ -58,6 +63,10 @@ class Connection:
     messages_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    binary_in: int = 0
+    binary_bytes_in: int = 0
+    binary_out: int = 0
+    binary_bytes_out: int = 0
     closer: asyncio.Task[bool] | None = None
 
 
@@ -73,6 +82,11 @@ class EchoServer:
         # Workers share one log: their connection ids carry the process id (w1234-c1).
         self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.metrics = (
+            Metrics(self.connections.values, settings.max_message_size)
+            if settings.metrics
+            else None
+        )
 
     # -- HTTP routes ------------------------------------------------------------------
 
@@ -124,6 +138,8 @@ class EchoServer:
 
     def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
         status, text = _REFUSAL_STATUS[reason]
+        if self.metrics is not None:
+            self.metrics.refusal(reason.value)
         remote = self.client_address(request)
         log.info(
             "refused remote=%s origin=%s reason=%s",
@@ -156,10 +172,13 @@ class EchoServer:
                 max_msg_size=self.settings.max_message_size + 1,
                 decode_text=False,
                 timeout=CLOSE_TIMEOUT,
+                metrics=self.metrics,
             )
             await ws.prepare(request)
             conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote)
             self.connections[ws] = conn
+            if self.metrics is not None:
+                self.metrics.connections_total += 1
             if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
                 log.info(
                     "open id=%s remote=%s origin=%s",
@@ -182,6 +201,8 @@ class EchoServer:
             finally:
                 ws.release()
                 del self.connections[ws]
+                if self.metrics is not None:
+                    self.metrics.connection_closed(conn)
                 self._log_closed(ws, conn)
             return ws
         finally:
@@ -198,6 +219,8 @@ class EchoServer:
         send_frame = ws.send_frame
         debug = log.isEnabledFor(logging.DEBUG)
         limit = self.settings.max_message_size
+        metrics = self.metrics
+        binary = WSMsgType.BINARY
         if not debug and isinstance(ws, EchoResponse):
             ws.start_echo(conn, limit)
         while True:
@@ -216,6 +239,11 @@ class EchoServer:
                     return
                 conn.messages_in += 1
                 conn.bytes_in += len(data)
+                if metrics is not None:
+                    metrics.observe(len(data))
+                    if kind is binary:
+                        conn.binary_in += 1
+                        conn.binary_bytes_in += len(data)
                 if debug:
                     log.debug(
                         "message id=%s %s %d bytes %s",
@@ -227,6 +255,9 @@ class EchoServer:
                 await send_frame(data, kind)
                 conn.messages_out += 1
                 conn.bytes_out += len(data)
+                if metrics is not None and kind is binary:
+                    conn.binary_out += 1
+                    conn.binary_bytes_out += len(data)
             elif kind is WSMsgType.CLOSE:
                 # The peer closes its end next: no point waiting for our frame to drain
                 # (aiohttp's own autoclose does the same).
@@ -311,6 +342,8 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app.router.add_get("/", server.root)
     add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
+    if server.metrics is not None:
+        add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
     app.on_shutdown.append(server.shutdown)
     return app
@@ -330,7 +363,8 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
 
     aiohttp arms its keep-alive timer when a connection is accepted and fires it only
     while no complete request has arrived, so it doubles as the handshake timeout: a
-    client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT.
+    client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT; the
+    runner of make_runner (echo.metrics.MeteredRunner) counts those cut-offs.
 
     TCP keep-alive (SO_KEEPALIVE, first probe after two idle hours by default) is
     left off: the handshake timeout bounds idle HTTP connections and the heartbeat
@@ -345,8 +379,12 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
 
 
 def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
-    """The runner every process serves ``app`` with: the single one, or each worker."""
-    return web.AppRunner(app, handle_signals=False, **runner_options(settings))
+    """The runner every process serves ``app`` with: the single one, or each worker.
+
+    A MeteredRunner, so /metrics counts handshake timeouts (without metrics it builds
+    aiohttp's own server).
+    """
+    return MeteredRunner(app, handle_signals=False, **runner_options(settings))
 
 
 def log_listening(settings: ServerSettings, host: str, port: int) -> None:

@@ -31,6 +31,7 @@ SERVER_VARIABLES = [
     "LOG_LEVEL",
     "LOG_FORMAT",
     "TRUSTED_PROXIES",
+    "METRICS",
     "WORKERS",
 ]
 # Only together, and naming files: their rules are tested in tests/test_tls.py.

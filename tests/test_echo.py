@@ -182,11 +182,12 @@ async def test_concurrent_connections_do_not_mix_messages(start_app: ServerFacto
         assert got == [f"{n}:{i}" for i in range(50)]
 
 
+@pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "no-metrics"])
 async def test_plain_messages_are_echoed_by_the_parser_without_waking_serve(
-    start_app: ServerFactory,
+    start_app: ServerFactory, metrics: bool
 ) -> None:
     """The fast path: once serve() starts it, echoes need no handler task wake-up."""
-    server = await start_app()
+    server = await start_app(metrics=metrics)
     echo = server.app[SERVER_KEY]
     original = echo.serve
     parked, release = asyncio.Event(), asyncio.Event()
@@ -210,11 +211,12 @@ async def test_plain_messages_are_echoed_by_the_parser_without_waking_serve(
             release.set()
 
 
+@pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "no-metrics"])
 async def test_fast_path_keeps_order_with_messages_it_hands_to_serve(
-    start_app: ServerFactory,
+    start_app: ServerFactory, metrics: bool
 ) -> None:
     """Messages queued for serve() (here: while it is slow) are not overtaken."""
-    server = await start_app()
+    server = await start_app(metrics=metrics)
     echo = server.app[SERVER_KEY]
     original = echo.serve
 
