@@ -72,7 +72,7 @@ class Reader:
     def integer(self, name: str, default: int, low: int, high: int, what: str = "") -> int:
         text = self.raw(name, str(default))
         expected = what or f"an integer from {low} to {high}"
-        if not re.fullmatch(r"[+-]?\d{1,19}", text):
+        if not re.fullmatch(r"[+-]?[0-9]{1,19}", text):  # \d would take other scripts' digits
             raise ConfigError(name, text, expected)
         value = int(text)
         if not low <= value <= high:
