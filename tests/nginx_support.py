@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import children
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE_CONFIG = ROOT / "deploy" / "nginx" / "echo.conf"
 INSTALL_TIMEOUT = 900.0  # apt-get update and install on a slow mirror
@@ -158,32 +160,17 @@ class Nginx:
                         f"nginx not listening after {timeout}s:\n{self.log()}"
                     ) from None
                 time.sleep(0.05)
-        self._workers = self._children()
+        self._workers = children(self.proc.pid)
 
     def log(self) -> str:
         parts = [self.output, self.error_log]
         return "\n".join(p.read_text(errors="replace") for p in parts if p.exists())
 
-    def _children(self) -> set[int]:
-        """The worker processes: nginx's children, read from /proc."""
-        assert self.proc is not None
-        children = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                children.add(int(entry.name))
-        return children
-
     def stop(self) -> None:
         """SIGTERM (nginx stops its workers, then itself); SIGKILL all of them if it hangs."""
         if self.proc is None:
             return
-        self._workers |= self._children() if self.proc.poll() is None else set()
+        self._workers |= children(self.proc.pid) if self.proc.poll() is None else set()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

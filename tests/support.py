@@ -64,6 +64,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (gunicorn's or nginx's workers), from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (command)"
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
     """The test process's environment without any echo setting, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}

@@ -29,26 +29,10 @@ from aiohttp import WSMsgType
 
 from echo.config import ConfigError, ServerSettings
 from echo.workers import graceful_timeout, gunicorn_config
-from tests.support import ServerProcess, clean_env, free_port
+from tests.support import ServerProcess, children, clean_env, free_port
 from tests.tls_support import Pki, make_pki, start_tls_server
 
 ServerStarter = Callable[..., ServerProcess]
-
-
-def children(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (gunicorn's workers of a master)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (command)"
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
 
 
 def state(pid: int) -> str:
