@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -154,3 +155,17 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def seconds_until_cut_off(port: int, timeout: float = 10.0) -> float:
+    """Open a TCP connection to 127.0.0.1:``port``, send nothing, and return how long the
+    server took to close it; fail the test if it is still open after ``timeout``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    try:
+        assert await asyncio.wait_for(reader.read(1024), timeout) == b"", "data from server"
+        return time.monotonic() - started
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()

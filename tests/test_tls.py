@@ -6,7 +6,6 @@ Certificates come from a throwaway CA made by ``trustme`` for each test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import ssl
 import subprocess
@@ -22,7 +21,7 @@ from echo.client import CertificateUntrusted, EchoClient, _Transport
 from echo.config import ClientSettings, ConfigError, ServerSettings
 from echo.tls import client_context
 from tests.client_support import ClientProcess, fast_client_env, fast_settings, parse_summary
-from tests.support import ServerProcess, clean_env
+from tests.support import ServerProcess, clean_env, seconds_until_cut_off
 from tests.tls_support import Pki, make_pki, start_tls_server, wait_tls_ready
 
 ServerStarter = Callable[..., ServerProcess]
@@ -191,13 +190,7 @@ async def test_silent_connection_on_the_tls_port_is_cut_after_handshake_timeout(
 ) -> None:
     # asyncio's own limit for a TLS handshake is 60 s; HANDSHAKE_TIMEOUT applies instead.
     server = start_tls_server(server_process, pki, HANDSHAKE_TIMEOUT="300")
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    try:
-        assert await asyncio.wait_for(reader.read(1024), 10) == b""
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+    await seconds_until_cut_off(server.port)
 
 
 def test_client_over_wss_survives_a_server_kill_and_loses_nothing(
