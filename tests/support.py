@@ -81,6 +81,20 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def run_server_briefly(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``echo-server`` with ``env`` in ``cwd`` until it exits (at most 30 s): for
+    start-up failures, whose status and stderr the caller checks."""
+    return subprocess.run(
+        [sys.executable, "-m", "echo.server"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def clean_env(**overrides: str) -> dict[str, str]:
     """The test process's environment without any echo setting, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}

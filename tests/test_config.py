@@ -12,7 +12,7 @@ import pytest
 
 from echo.config import ConfigError, ServerSettings, load_environment
 from echo.origins import parse_origin
-from tests.support import ServerProcess, clean_env, free_port
+from tests.support import ServerProcess, clean_env, free_port, run_server_briefly
 
 
 def test_defaults_match_the_documented_table() -> None:
@@ -113,18 +113,6 @@ def test_bad_value_names_variable_value_and_expectation(name: str, value: str) -
     assert repr(shown) in message or shown in message or ascii(shown) in message
     assert "expected" in message
     assert "\n" not in message
-
-
-def run_server_briefly(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "echo.server"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(

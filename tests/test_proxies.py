@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from echo.config import ConfigError, ServerSettings
 from echo.proxies import TrustedProxies, parse_trusted_proxies
 from echo.server import SERVER_KEY
-from tests.support import ServerFactory, clean_env, wait_until
+from tests.support import ServerFactory, clean_env, run_server_briefly, wait_until
 
 
 def proxies(text: str) -> TrustedProxies:
@@ -86,15 +84,8 @@ def test_trusted_proxies_setting() -> None:
 
 
 def test_bad_trusted_proxies_exit_2(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "echo.server"],
-        env=clean_env(PORT="0", HOST="127.0.0.1", TRUSTED_PROXIES="127.0.0.1,nginx"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    env = clean_env(PORT="0", HOST="127.0.0.1", TRUSTED_PROXIES="127.0.0.1,nginx")
+    result = run_server_briefly(env, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "echo-server: invalid TRUSTED_PROXIES='127.0.0.1,nginx': "

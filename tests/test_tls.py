@@ -21,7 +21,7 @@ from echo.client import CertificateUntrusted, EchoClient, _Transport
 from echo.config import ClientSettings, ConfigError, ServerSettings
 from echo.tls import client_context
 from tests.client_support import ClientProcess, fast_client_env, fast_settings, parse_summary
-from tests.support import ServerProcess, clean_env, seconds_until_cut_off
+from tests.support import ServerProcess, clean_env, run_server_briefly, seconds_until_cut_off
 from tests.tls_support import Pki, make_pki, start_tls_server, wait_tls_ready
 
 ServerStarter = Callable[..., ServerProcess]
@@ -108,18 +108,6 @@ async def test_client_refuses_a_certificate_for_another_host(
     assert "127.0.0.1" in caught.value.reason
 
 
-def _run_server(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "echo.server"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("files", "name", "expected"),
     [
@@ -143,7 +131,7 @@ def test_bad_tls_settings_exit_2_with_one_line(
         "encrypted_key": pki.encrypted_key,
     }
     variables = {var: str(paths.get(which, tmp_path / which)) for var, which in files.items()}
-    result = _run_server(clean_env(PORT="0", HOST="127.0.0.1", **variables), tmp_path)
+    result = run_server_briefly(clean_env(PORT="0", HOST="127.0.0.1", **variables), tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -29,7 +29,14 @@ from aiohttp import WSMsgType
 
 from echo.config import ConfigError, ServerSettings
 from echo.workers import graceful_timeout, gunicorn_config
-from tests.support import ServerProcess, children, clean_env, free_port, seconds_until_cut_off
+from tests.support import (
+    ServerProcess,
+    children,
+    clean_env,
+    free_port,
+    run_server_briefly,
+    seconds_until_cut_off,
+)
 from tests.tls_support import Pki, make_pki, start_tls_server
 
 ServerStarter = Callable[..., ServerProcess]
@@ -299,15 +306,7 @@ async def test_port_0_logs_the_port_the_workers_serve(tmp_path: Path) -> None:
 
 
 def run_server(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "echo.server"],
-        env=clean_env(HOST="127.0.0.1", **variables),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_server_briefly(clean_env(HOST="127.0.0.1", **variables), tmp_path)
 
 
 def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
