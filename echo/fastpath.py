@@ -30,6 +30,7 @@ from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
 from echo import protocol
+from echo.heartbeat import Heartbeat
 from echo.masking import MaskedFramesOnly
 from echo.metrics import Metrics, Traffic
 
@@ -141,45 +142,51 @@ class EchoResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds an :class:`EchoQueue`.
 
     ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class and the
-    mask check of echo.masking in front of the frame parser. ``metrics`` (or None)
+    mask check of echo.masking in front of the frame parser. ``heartbeat`` (or None) is
+    the shared timer of echo.heartbeat that pings it when silent; ``metrics`` (or None)
     is where its queue and :meth:`close` count.
     """
 
-    # A slot, not an instance attribute: see the heartbeat note below.
-    __slots__ = ("_metrics",)
+    # Slots, not instance attributes: past aiohttp's own attributes, an instance dict
+    # stops sharing keys and grows by about 1.5 KiB per connection.
+    __slots__ = ("_beat_slot", "_beats", "_metrics")
 
-    def __init__(self, *, metrics: Metrics | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        heartbeat: Heartbeat | None = None,
+        metrics: Metrics | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(heartbeat=None if heartbeat is None else heartbeat.interval, **kwargs)
+        self._beats = heartbeat
+        self._beat_slot = 0
         self._metrics = metrics
 
-    # aiohttp pushes the heartbeat back on every loop tick that brings data, with a
-    # loop.call_soon each time: about a tenth of the server's time when echoing small
-    # messages. Here incoming data only sets aiohttp's own flag, and the heartbeat
-    # timer, when it fires, reschedules itself instead of pinging if the flag is set.
-    # Pings still go out after at least HEARTBEAT_INTERVAL of silence (at most twice
-    # that); while a ping is unanswered, data cancels the pong timeout at once, as in
-    # aiohttp. No attribute is added to the response: past aiohttp's own, an instance
-    # dict stops sharing keys and grows by about 1.5 KiB per connection.
+    # The heartbeat is echo.heartbeat's shared timer, not one aiohttp timer per
+    # connection. Incoming data only sets aiohttp's own flag (aiohttp reschedules its
+    # timer with a loop.call_soon per loop tick that brings data: about a tenth of the
+    # server's time when echoing small messages); the shared timer's visit reads it.
+    # While a ping is unanswered, data cancels the pong timeout at once, as in aiohttp.
 
     def _on_data_received(self) -> None:
         if self._pong_response_cb is not None:
-            self._need_heartbeat_reset = False
-            self._reset_heartbeat()
-        else:
-            self._need_heartbeat_reset = True
+            self._cancel_pong_response_cb()
+        self._need_heartbeat_reset = True
 
-    def _send_heartbeat(self) -> None:
+    def beat(self) -> None:
+        """The shared heartbeat's visit: ping if nothing came since the last visit."""
         if self._need_heartbeat_reset:
             self._need_heartbeat_reset = False
-            self._heartbeat_cb = None
-            self._reset_heartbeat()
-            return
-        super()._send_heartbeat()
+        elif self._pong_response_cb is None and not (self._closed or self._closing):
+            self._send_heartbeat()  # aiohttp's: the ping, and the pong timeout
 
     def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
         self._ws_protocol = protocol
         self._writer = writer
-        self._reset_heartbeat()
+        if self._beats is not None:
+            self._need_heartbeat_reset = True  # the handshake was the last sign of life
+            self._beat_slot = self._beats.add(self)
         loop = self._loop
         assert loop is not None
         queue: WebSocketDataQueue
@@ -263,3 +270,5 @@ class EchoResponse(web.WebSocketResponse):
         request = self._req
         if request is not None:
             request.protocol._data_received_cb = None
+        if self._beats is not None:
+            self._beats.discard(self, self._beat_slot)

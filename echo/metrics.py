@@ -14,10 +14,8 @@ received, which are counted anyway.
 Every app has its own :class:`prometheus_client.CollectorRegistry` (never the global
 one), with prometheus_client's process collector (memory, CPU, descriptors) beside it.
 
-Handshake timeouts happen below the application, in aiohttp's connection protocol: its
-keep-alive timer cuts off a connection that has not sent a complete request in
-HANDSHAKE_TIMEOUT (see ``echo.server.runner_options``). :class:`MeteredRunner` builds
-the app's server with :class:`MeteredHandler`, which counts those cut-offs.
+Handshake timeouts happen below the application, in aiohttp's connection protocol; the
+connection protocol of echo.runner counts them here.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Protocol
 
 from aiohttp import hdrs, web
-from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -224,52 +221,6 @@ class Metrics(Collector):
 
 
 METRICS_KEY = web.AppKey("echo_metrics", Metrics)
-
-
-class MeteredHandler(RequestHandler):
-    """aiohttp's connection protocol, counting connections its keep-alive timer cuts off
-    before they sent a complete request (the handshake timeout)."""
-
-    __slots__ = ()
-
-    def _process_keepalive(self) -> None:
-        already = self._force_close
-        super()._process_keepalive()
-        if self._force_close and not already and self._request_count == 0:
-            manager = self._manager
-            if isinstance(manager, MeteredServer):
-                manager.metrics.refusal(HANDSHAKE_TIMEOUT)
-
-
-class MeteredServer(web.Server):
-    """aiohttp's low-level server whose connections are :class:`MeteredHandler`."""
-
-    def __init__(self, metrics: Metrics, model: web.Server) -> None:
-        super().__init__(
-            model.request_handler,
-            request_factory=model.request_factory,
-            handler_cancellation=model.handler_cancellation,
-            loop=model._loop,
-            **model._kwargs,
-        )
-        self.metrics = metrics
-
-    def __call__(self) -> RequestHandler:
-        return MeteredHandler(self, loop=self._loop, **self._kwargs)
-
-
-class MeteredRunner(web.AppRunner):
-    """AppRunner whose server counts handshake timeouts into the app's metrics.
-
-    Without metrics (METRICS=false) it builds aiohttp's own server.
-    """
-
-    __slots__ = ()
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        metrics = self.app.get(METRICS_KEY)
-        return server if metrics is None else MeteredServer(metrics, server)
 
 
 def add_metrics(app: web.Application, metrics: Metrics) -> None:

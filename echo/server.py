@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,13 +25,15 @@ from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
 from echo.eventloop import loop_factory
 from echo.fastpath import EchoResponse
+from echo.heartbeat import Heartbeat
 from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
-from echo.metrics import MeteredRunner, Metrics, add_metrics
+from echo.metrics import Metrics, add_metrics
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.proxies import TrustedProxies
+from echo.runner import EchoRunner, nodelay_on_listeners
 from echo.text import preview
 from echo.tls import TLSSite, server_context
 
@@ -82,6 +85,7 @@ class EchoServer:
         # Workers share one log: their connection ids carry the process id (w1234-c1).
         self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.heartbeat = Heartbeat(settings.heartbeat_interval)
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
             if settings.metrics
@@ -165,7 +169,7 @@ class EchoServer:
             ws = EchoResponse(
                 autoping=True,
                 autoclose=False,
-                heartbeat=self.settings.heartbeat_interval,
+                heartbeat=self.heartbeat,
                 compress=self.settings.compression,
                 # aiohttp refuses a plain frame of exactly max_msg_size bytes but
                 # accepts one byte more when decompressing; serve() checks the rest.
@@ -301,6 +305,12 @@ class EchoServer:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    async def beating(self, _app: web.Application) -> AsyncIterator[None]:
+        """Cleanup context: the shared heartbeat timer runs while the app serves."""
+        self.heartbeat.start()
+        yield
+        self.heartbeat.stop()
+
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
         if not self.connections:
@@ -345,6 +355,7 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     if server.metrics is not None:
         add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
+    app.cleanup_ctx.append(server.beating)
     app.on_shutdown.append(server.shutdown)
     return app
 
@@ -364,7 +375,7 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
     aiohttp arms its keep-alive timer when a connection is accepted and fires it only
     while no complete request has arrived, so it doubles as the handshake timeout: a
     client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT; the
-    runner of make_runner (echo.metrics.MeteredRunner) counts those cut-offs.
+    runner of make_runner (echo.runner.EchoRunner) counts those cut-offs.
 
     TCP keep-alive (SO_KEEPALIVE, first probe after two idle hours by default) is
     left off: the handshake timeout bounds idle HTTP connections and the heartbeat
@@ -381,10 +392,10 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
 def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
     """The runner every process serves ``app`` with: the single one, or each worker.
 
-    A MeteredRunner, so /metrics counts handshake timeouts (without metrics it builds
-    aiohttp's own server).
+    An EchoRunner: /metrics counts handshake timeouts, and once the sites are started
+    ``nodelay_on_listeners`` spares a system call per connection (echo.runner).
     """
-    return MeteredRunner(app, handle_signals=False, **runner_options(settings))
+    return EchoRunner(app, handle_signals=False, **runner_options(settings))
 
 
 def log_listening(settings: ServerSettings, host: str, port: int) -> None:
@@ -403,6 +414,29 @@ def log_listening(settings: ServerSettings, host: str, port: int) -> None:
     )
 
 
+async def start_site(runner: web.AppRunner, settings: ServerSettings) -> None:
+    """Listen on HOST:PORT (TLS if configured) and serve ``runner``'s app there."""
+    site: web.TCPSite
+    if settings.tls:
+        context = server_context(settings.tls_cert_file, settings.tls_key_file)
+        site = TLSSite(
+            runner,
+            settings.host,
+            settings.port,
+            ssl_context=context,
+            handshake_timeout=settings.handshake_timeout,
+            backlog=BACKLOG,
+        )
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=BACKLOG)
+    try:
+        await site.start()
+    except OSError as error:
+        where = f"{settings.host}:{settings.port}"
+        raise ListenError(f"cannot listen on {where}: {error.strerror or error}") from None
+    nodelay_on_listeners(runner)
+
+
 async def serve_until_signal(settings: ServerSettings) -> None:
     """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
     app = create_app(settings)
@@ -413,24 +447,7 @@ async def serve_until_signal(settings: ServerSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site: web.TCPSite
-        if settings.tls:
-            context = server_context(settings.tls_cert_file, settings.tls_key_file)
-            site = TLSSite(
-                runner,
-                settings.host,
-                settings.port,
-                ssl_context=context,
-                handshake_timeout=settings.handshake_timeout,
-                backlog=BACKLOG,
-            )
-        else:
-            site = web.TCPSite(runner, settings.host, settings.port, backlog=BACKLOG)
-        try:
-            await site.start()
-        except OSError as error:
-            where = f"{settings.host}:{settings.port}"
-            raise ListenError(f"cannot listen on {where}: {error.strerror or error}") from None
+        await start_site(runner, settings)
         for address in runner.addresses:
             log_listening(settings, address[0], address[1])
         await stop.wait()

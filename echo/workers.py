@@ -34,6 +34,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from echo.config import ServerSettings
 from echo.eventloop import loop_factory
 from echo.logs import event
+from echo.runner import nodelay_on_listeners
 from echo.server import BACKLOG, ListenError, create_app, log_listening, make_runner
 from echo.tls import server_context
 
@@ -174,6 +175,7 @@ class EchoWorker(GunicornUVLoopWebWorker):
                 handshake_timeout=settings.handshake_timeout,
             )
             await site.start()
+        nodelay_on_listeners(runner, [listener.sock for listener in self.sockets])
         # Serving: from here an exit is not a boot failure (see aiohttp's run()).
         self.booted = True
         pid = os.getpid()

@@ -39,6 +39,45 @@ async def test_heartbeat_keeps_a_responsive_peer(start_app: ServerFactory) -> No
         assert (await asyncio.wait_for(reply, 2)).data == "alive"
 
 
+async def test_a_ping_comes_only_after_an_interval_of_silence(start_app: ServerFactory) -> None:
+    interval = 0.3
+    server = await start_app(heartbeat_interval=interval)
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    opened = time.monotonic()
+    frame = await raw.recv(timeout=5)
+    silence = time.monotonic() - opened
+    assert frame.opcode == OP_PING
+    # One shared timer visits each connection once per interval: between one and two
+    # intervals of silence (plus scheduling slack) before the ping.
+    assert interval * 0.9 <= silence <= interval * 2 + 1.0
+    await raw.aclose()
+
+
+async def test_a_peer_that_keeps_sending_is_not_pinged(start_app: ServerFactory) -> None:
+    interval = 0.2
+    server = await start_app(heartbeat_interval=interval)
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    for i in range(16):  # 0.8 s, four intervals, a message every quarter interval
+        await raw.send(OP_TEXT, f"{i}".encode())
+        frame = await raw.recv(timeout=2)
+        assert (frame.opcode, frame.payload) == (OP_TEXT, f"{i}".encode()), "pinged"
+        await asyncio.sleep(interval / 4)
+    await raw.aclose()
+
+
+async def test_closed_connections_leave_the_shared_heartbeat(start_app: ServerFactory) -> None:
+    server = await start_app(heartbeat_interval=0.2)
+    echo = server.app[SERVER_KEY]
+    raws = [await RawWebSocket.connect("127.0.0.1", server.port) for _ in range(5)]
+    await wait_until(lambda: len(echo.heartbeat) == 5, timeout=3)
+    for raw in raws[:3]:
+        await raw.aclose()
+    raws[3].abort()
+    await wait_until(lambda: len(echo.heartbeat) == 1, timeout=3)
+    await raws[4].aclose()
+    await wait_until(lambda: len(echo.heartbeat) == 0 and echo.limiter.open == 0, timeout=3)
+
+
 async def test_server_answers_pings(start_app: ServerFactory) -> None:
     server = await start_app()
     raw = await RawWebSocket.connect("127.0.0.1", server.port)

@@ -1,0 +1,99 @@
+"""aiohttp's runner, server and connection protocol as the echo server runs them.
+
+Two changes to aiohttp's own, both below the application:
+
+- Handshake timeouts are counted. aiohttp's keep-alive timer cuts off a connection that
+  has not sent a complete request in HANDSHAKE_TIMEOUT (see
+  ``echo.server.runner_options``); :class:`EchoRequestHandler` counts those cut-offs
+  into the app's metrics, when it has them.
+- TCP_NODELAY is set once on each listening socket (:func:`nodelay_on_listeners`)
+  instead of once per connection. Linux copies it to every accepted socket, and
+  aiohttp's per-connection call (a Python socket object and a system call) was about
+  3% of the server's time per handshake in a py-spy profile. Until a runner's
+  listening sockets have it, connections take aiohttp's own per-connection path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.web_protocol import RequestHandler
+
+from echo.metrics import HANDSHAKE_TIMEOUT, METRICS_KEY, Metrics
+
+
+class _NoDelayFromListener(BaseProtocol):
+    """Sits between RequestHandler and BaseProtocol in the MRO of EchoRequestHandler,
+    so RequestHandler's ``super().connection_made`` lands here."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = cast(EchoRequestHandler, self)._manager
+        if isinstance(manager, EchoHTTPServer) and manager.listener_nodelay:
+            self.transport = cast(asyncio.Transport, transport)
+        else:
+            super().connection_made(transport)
+
+
+class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
+    """aiohttp's connection protocol: TCP_NODELAY from the listener, timeouts counted."""
+
+    __slots__ = ()
+
+    def _process_keepalive(self) -> None:
+        already = self._force_close
+        super()._process_keepalive()
+        if self._force_close and not already and self._request_count == 0:
+            manager = self._manager
+            if isinstance(manager, EchoHTTPServer) and manager.metrics is not None:
+                manager.metrics.refusal(HANDSHAKE_TIMEOUT)
+
+
+class EchoHTTPServer(web.Server):
+    """aiohttp's low-level server whose connections are :class:`EchoRequestHandler`."""
+
+    def __init__(self, model: web.Server, metrics: Metrics | None) -> None:
+        super().__init__(
+            model.request_handler,
+            request_factory=model.request_factory,
+            handler_cancellation=model.handler_cancellation,
+            loop=model._loop,
+            **model._kwargs,
+        )
+        self.metrics = metrics
+        self.listener_nodelay = False  # set by nodelay_on_listeners
+
+    def __call__(self) -> RequestHandler:
+        return EchoRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class EchoRunner(web.AppRunner):
+    """AppRunner whose server is an :class:`EchoHTTPServer` (metrics from the app)."""
+
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        return EchoHTTPServer(await super()._make_server(), self.app.get(METRICS_KEY))
+
+
+def nodelay_on_listeners(runner: web.BaseRunner, sockets: list[Any] | None = None) -> None:
+    """Set TCP_NODELAY on the runner's listening sockets, then stop setting it per
+    connection. ``sockets`` defaults to those of the runner's started sites."""
+    if sockets is None:
+        sockets = [
+            sock
+            for site in runner.sites
+            if (server := getattr(site, "_server", None)) is not None
+            for sock in server.sockets
+        ]
+    for sock in sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server = runner.server
+    if isinstance(server, EchoHTTPServer) and sockets:
+        server.listener_nodelay = True
