@@ -52,13 +52,15 @@ class EchoQueue(WebSocketDataQueue):
 
     __slots__ = ("counters", "limit", "response", "transport", "write_frame")
 
-    def __init__(self, protocol: Any, limit: int, *, loop: Any) -> None:
+    def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
         super().__init__(protocol, limit, loop=loop)
+        writer = response._writer
+        assert writer is not None
         self.counters: Counters | None = None  # set by EchoResponse.start_echo
         self.limit = 0
-        self.response: EchoResponse | None = None
-        self.transport: Any = None
-        self.write_frame: Any = None
+        self.response: EchoResponse | None = response
+        self.transport: Any = writer.transport
+        self.write_frame: Any = writer._write_websocket_frame
 
     def feed_data(self, data: Any, size: int) -> None:
         counters = self.counters
@@ -96,8 +98,10 @@ class MeteredEchoQueue(EchoQueue):
 
     __slots__ = ("bounds", "sizes")
 
-    def __init__(self, protocol: Any, limit: int, *, loop: Any, metrics: Metrics) -> None:
-        super().__init__(protocol, limit, loop=loop)
+    def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
+        super().__init__(protocol, limit, loop=loop, response=response)
+        metrics = response._metrics
+        assert metrics is not None
         self.bounds = metrics.bounds
         self.sizes = metrics.sizes
 
@@ -169,6 +173,11 @@ class EchoResponse(web.WebSocketResponse):
     # server's time when echoing small messages); the shared timer's visit reads it.
     # While a ping is unanswered, data cancels the pong timeout at once, as in aiohttp.
 
+    # Identity, as aiohttp's StreamResponse defines it, without its Python-level
+    # __hash__ call per dict operation (the server keys its connections by response).
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
     def _on_data_received(self) -> None:
         if self._pong_response_cb is not None:
             self._cancel_pong_response_cb()
@@ -180,6 +189,15 @@ class EchoResponse(web.WebSocketResponse):
             self._need_heartbeat_reset = False
         elif self._pong_response_cb is None and not (self._closed or self._closing):
             self._send_heartbeat()  # aiohttp's: the ping, and the pong timeout
+
+    async def _prepare_headers(self) -> None:
+        """The 101's headers are the handshake's (set by ``_pre_start``), nothing more.
+
+        aiohttp's own adds Date, optional on a 1xx response (RFC 9110 6.6.1), and
+        Server, which tells every client the Python and aiohttp versions; skipping
+        both also spares a clock read and two header insertions per handshake.
+        """
+        self._keep_alive = False
 
     def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
         self._ws_protocol = protocol
@@ -193,17 +211,8 @@ class EchoResponse(web.WebSocketResponse):
         if self._compress:  # the compressor is shared with serve(): take the normal road
             queue = WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
         else:
-            echo_queue = (
-                EchoQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
-                if self._metrics is None
-                else MeteredEchoQueue(
-                    request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, metrics=self._metrics
-                )
-            )
-            echo_queue.response = self
-            echo_queue.transport = writer.transport
-            echo_queue.write_frame = writer._write_websocket_frame
-            queue = echo_queue
+            kind = EchoQueue if self._metrics is None else MeteredEchoQueue
+            queue = kind(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
         self._reader = queue
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text

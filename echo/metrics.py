@@ -125,10 +125,17 @@ class Metrics(Collector):
         self.sizes[bisect_left(self.bounds, size)] += 1
 
     def connection_closed(self, traffic: Traffic) -> None:
-        """Fold a finished connection's counters into the totals."""
+        """Fold a finished connection's counters into the totals (once per connection,
+        so spelled out: a loop of getattr costs twice as much)."""
         closed = self.closed
-        for name in _FIELDS:
-            closed[name] += getattr(traffic, name)
+        closed["messages_in"] += traffic.messages_in
+        closed["bytes_in"] += traffic.bytes_in
+        closed["messages_out"] += traffic.messages_out
+        closed["bytes_out"] += traffic.bytes_out
+        closed["binary_in"] += traffic.binary_in
+        closed["binary_bytes_in"] += traffic.binary_bytes_in
+        closed["binary_out"] += traffic.binary_out
+        closed["binary_bytes_out"] += traffic.binary_bytes_out
 
     def refusal(self, reason: str) -> None:
         self.refused[reason] += 1

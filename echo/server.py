@@ -95,9 +95,67 @@ class EchoServer:
     # -- HTTP routes ------------------------------------------------------------------
 
     async def root(self, request: web.Request) -> web.StreamResponse:
+        """``GET /``: the WebSocket echo, or the browser console for a plain GET.
+
+        The WebSocket's whole life runs in this coroutine (and ``serve``): every
+        coroutine between aiohttp and the receive loop stays allocated as long as the
+        connection is open.
+        """
         if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
             return request.app[PAGE_KEY].index(request)
-        return await self.websocket(request)
+        origin = request.headers.get(hdrs.ORIGIN)
+        if not self.origin_allowed(origin, request):
+            return self.refuse(request, Refusal.ORIGIN, origin)
+        remote = self.client_address(request)
+        refusal = self.limiter.try_acquire(remote)
+        if refusal is not None:
+            return self.refuse(request, refusal, origin)
+        try:
+            ws = EchoResponse(
+                autoping=True,
+                autoclose=False,
+                heartbeat=self.heartbeat,
+                compress=self.settings.compression,
+                # aiohttp refuses a plain frame of exactly max_msg_size bytes but
+                # accepts one byte more when decompressing; serve() checks the rest.
+                max_msg_size=self.settings.max_message_size + 1,
+                decode_text=False,
+                timeout=CLOSE_TIMEOUT,
+                metrics=self.metrics,
+            )
+            await ws.prepare(request)
+            conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote)
+            self.connections[ws] = conn
+            if self.metrics is not None:
+                self.metrics.connections_total += 1
+            if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
+                log.info(
+                    "open id=%s remote=%s origin=%s",
+                    conn.id,
+                    remote,
+                    "-" if origin is None else preview(origin),
+                    extra=event("open", conn=conn.id, remote=remote, origin=clip(origin)),
+                )
+            try:
+                await self.serve(ws, conn)
+            except ConnectionError:
+                pass  # the peer vanished mid-send: an abnormal closure, not our fault
+            except Exception:
+                log.exception(
+                    "error id=%s; closing with 1011",
+                    conn.id,
+                    extra=event("error", conn=conn.id, remote=remote),
+                )
+                await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
+            finally:
+                ws.release()
+                del self.connections[ws]
+                if self.metrics is not None:
+                    self.metrics.connection_closed(conn)
+                self._log_closed(ws, conn)
+            return ws
+        finally:
+            self.limiter.release(remote)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -154,63 +212,6 @@ class EchoServer:
         )
         headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
         return web.Response(status=status, text=text + "\n", headers=headers)
-
-    # -- WebSocket --------------------------------------------------------------------
-
-    async def websocket(self, request: web.Request) -> web.StreamResponse:
-        origin = request.headers.get(hdrs.ORIGIN)
-        if not self.origin_allowed(origin, request):
-            return self.refuse(request, Refusal.ORIGIN, origin)
-        remote = self.client_address(request)
-        refusal = self.limiter.try_acquire(remote)
-        if refusal is not None:
-            return self.refuse(request, refusal, origin)
-        try:
-            ws = EchoResponse(
-                autoping=True,
-                autoclose=False,
-                heartbeat=self.heartbeat,
-                compress=self.settings.compression,
-                # aiohttp refuses a plain frame of exactly max_msg_size bytes but
-                # accepts one byte more when decompressing; serve() checks the rest.
-                max_msg_size=self.settings.max_message_size + 1,
-                decode_text=False,
-                timeout=CLOSE_TIMEOUT,
-                metrics=self.metrics,
-            )
-            await ws.prepare(request)
-            conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote)
-            self.connections[ws] = conn
-            if self.metrics is not None:
-                self.metrics.connections_total += 1
-            if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
-                log.info(
-                    "open id=%s remote=%s origin=%s",
-                    conn.id,
-                    remote,
-                    "-" if origin is None else preview(origin),
-                    extra=event("open", conn=conn.id, remote=remote, origin=clip(origin)),
-                )
-            try:
-                await self.serve(ws, conn)
-            except ConnectionError:
-                pass  # the peer vanished mid-send: an abnormal closure, not our fault
-            except Exception:
-                log.exception(
-                    "error id=%s; closing with 1011",
-                    conn.id,
-                    extra=event("error", conn=conn.id, remote=remote),
-                )
-                await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
-            finally:
-                ws.release()
-                del self.connections[ws]
-                if self.metrics is not None:
-                    self.metrics.connection_closed(conn)
-                self._log_closed(ws, conn)
-            return ws
-        finally:
-            self.limiter.release(remote)
 
     async def serve(self, ws: web.WebSocketResponse, conn: Connection) -> None:
         """Echo every data message back as it came, until the connection ends.

@@ -231,3 +231,17 @@ async def test_fast_path_keeps_order_with_messages_it_hands_to_serve(
             await ws.send_str(item)
         received = [(await ws.receive(timeout=5)).data for _ in sent]
     assert received == sent
+
+
+async def test_the_upgrade_response_carries_the_handshake_and_no_software_versions(
+    start_app: ServerFactory,
+) -> None:
+    server = await start_app()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(RawWebSocket.upgrade_request("127.0.0.1", server.port))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    status, *lines = head.decode("latin-1").split("\r\n")[:-2]
+    names = {line.split(":", 1)[0].lower() for line in lines}
+    assert status == "HTTP/1.1 101 Switching Protocols"
+    assert names == {"upgrade", "connection", "sec-websocket-accept"}
