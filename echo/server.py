@@ -175,6 +175,8 @@ class EchoServer:
 
     def client_address(self, request: web.Request) -> str:
         """The peer, or the client a trusted proxy forwarded for (TRUSTED_PROXIES)."""
+        if not self.proxies.networks:  # no proxy is trusted: the peer, without a lookup
+            return request.remote or "unknown"
         forwarded = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
         return self.proxies.client_address(request.remote, forwarded) or "unknown"
 
