@@ -29,10 +29,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
-from echo import protocol
 from echo.heartbeat import Heartbeat
 from echo.masking import MaskedFramesOnly
 from echo.metrics import Metrics, Traffic
+from echo.protocol import is_utf8
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
@@ -75,7 +75,7 @@ class EchoQueue(WebSocketDataQueue):
             return super().feed_data(data, size)
         payload: bytes = data[1]
         n = len(payload)
-        if n > self.limit or (kind is _TEXT and not protocol.is_utf8(payload)):
+        if n > self.limit or (kind is _TEXT and not payload.isascii() and not is_utf8(payload)):
             return super().feed_data(data, size)
         response = self.response
         assert response is not None
@@ -118,7 +118,7 @@ class MeteredEchoQueue(EchoQueue):
             return WebSocketDataQueue.feed_data(self, data, size)
         payload: bytes = data[1]
         n = len(payload)
-        if n > self.limit or (kind is _TEXT and not protocol.is_utf8(payload)):
+        if n > self.limit or (kind is _TEXT and not payload.isascii() and not is_utf8(payload)):
             return WebSocketDataQueue.feed_data(self, data, size)
         response = self.response
         assert response is not None
@@ -153,7 +153,7 @@ class EchoResponse(web.WebSocketResponse):
 
     # Slots, not instance attributes: past aiohttp's own attributes, an instance dict
     # stops sharing keys and grows by about 1.5 KiB per connection.
-    __slots__ = ("_beat_slot", "_beats", "_metrics")
+    __slots__ = ("_beat_slot", "_beats", "_frames", "_metrics")
 
     def __init__(
         self,
@@ -165,30 +165,37 @@ class EchoResponse(web.WebSocketResponse):
         super().__init__(heartbeat=None if heartbeat is None else heartbeat.interval, **kwargs)
         self._beats = heartbeat
         self._beat_slot = 0
+        self._frames: MaskedFramesOnly | None = None
         self._metrics = metrics
 
     # The heartbeat is echo.heartbeat's shared timer, not one aiohttp timer per
-    # connection. Incoming data only sets aiohttp's own flag (aiohttp reschedules its
-    # timer with a loop.call_soon per loop tick that brings data: about a tenth of the
-    # server's time when echoing small messages); the shared timer's visit reads it.
-    # While a ping is unanswered, data cancels the pong timeout at once, as in aiohttp.
+    # connection, and incoming data is noticed by the mask check's ``seen`` flag, not
+    # by aiohttp's data_received_cb (a Python call per chunk received; aiohttp's own
+    # also reschedules its timer with a loop.call_soon per loop tick that brings data,
+    # about a tenth of the server's time when echoing small messages). The pong
+    # timeout, when it fires, spares a connection that sent anything since the ping.
 
     # Identity, as aiohttp's StreamResponse defines it, without its Python-level
     # __hash__ call per dict operation (the server keys its connections by response).
     __hash__ = object.__hash__
     __eq__ = object.__eq__
 
-    def _on_data_received(self) -> None:
-        if self._pong_response_cb is not None:
-            self._cancel_pong_response_cb()
-        self._need_heartbeat_reset = True
-
     def beat(self) -> None:
         """The shared heartbeat's visit: ping if nothing came since the last visit."""
-        if self._need_heartbeat_reset:
-            self._need_heartbeat_reset = False
-        elif self._pong_response_cb is None and not (self._closed or self._closing):
+        frames = self._frames
+        if frames is None or self._closed or self._closing:
+            return
+        if frames.seen:
+            frames.seen = False
+        elif self._pong_response_cb is None:
             self._send_heartbeat()  # aiohttp's: the ping, and the pong timeout
+
+    def _pong_not_received(self) -> None:
+        frames = self._frames
+        if frames is not None and frames.seen:  # the peer is alive: a pong or data came
+            self._pong_response_cb = None
+            return
+        super()._pong_not_received()
 
     async def _prepare_headers(self) -> None:
         """The 101's headers are the handshake's (set by ``_pre_start``), nothing more.
@@ -203,7 +210,6 @@ class EchoResponse(web.WebSocketResponse):
         self._ws_protocol = protocol
         self._writer = writer
         if self._beats is not None:
-            self._need_heartbeat_reset = True  # the handshake was the last sign of life
             self._beat_slot = self._beats.add(self)
         loop = self._loop
         assert loop is not None
@@ -217,8 +223,9 @@ class EchoResponse(web.WebSocketResponse):
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
         )
-        cb = None if self._heartbeat is None else self._on_data_received
-        request.protocol.set_parser(MaskedFramesOnly(self._parser, queue), data_received_cb=cb)
+        self._frames = MaskedFramesOnly(self._parser, queue)
+        self._frames.seen = True  # the handshake was the last sign of life
+        request.protocol.set_parser(self._frames)
         request.protocol.keep_alive(False)
         # The HTTP parser is never used again once the frame parser is set (aiohttp
         # checks for None); dropping it frees about 1 KiB per idle connection.
@@ -262,13 +269,12 @@ class EchoResponse(web.WebSocketResponse):
     def release(self) -> None:
         """Once the handler is done: stop echoing and break our reference cycles.
 
-        The queue points back at this response and its writer, and (with a heartbeat)
-        aiohttp's protocol keeps ``_on_data_received``, a method of this response,
-        which holds the request, which holds the protocol. Left in place, these cycles
-        keep the whole connection (request, protocol, transport, buffers) alive until
-        the cyclic garbage collector finds it, which under connection churn costs
-        about a tenth of the server's time and the memory of every closed connection
-        since the last collection.
+        The queue points back at this response and its writer. Left in place, that
+        cycle keeps the whole connection (request, protocol, transport, buffers) alive
+        until the cyclic garbage collector finds it, which under connection churn
+        costs about a tenth of the server's time and the memory of every closed
+        connection since the last collection. (aiohttp's own heartbeat makes another
+        through the protocol's data_received_cb, which this response does not use.)
         """
         queue = self._reader
         if isinstance(queue, EchoQueue):
@@ -276,8 +282,5 @@ class EchoResponse(web.WebSocketResponse):
             queue.response = None
             queue.transport = None
             queue.write_frame = None
-        request = self._req
-        if request is not None:
-            request.protocol._data_received_cb = None
         if self._beats is not None:
             self._beats.discard(self, self._beat_slot)

@@ -20,9 +20,13 @@ _EMPTY = (False, b"")
 
 
 class MaskedFramesOnly:
-    """A drop-in for the ``set_parser`` argument of aiohttp's protocol."""
+    """A drop-in for the ``set_parser`` argument of aiohttp's protocol.
 
-    __slots__ = ("_failed", "_head", "_parser", "_queue", "_skip")
+    ``seen`` is set by every chunk received: the heartbeat (echo.fastpath) reads and
+    clears it, in place of aiohttp's per-chunk ``data_received_cb`` call.
+    """
+
+    __slots__ = ("_failed", "_head", "_parser", "_queue", "_skip", "seen")
 
     def __init__(self, parser: Any, queue: Any) -> None:
         self._parser = parser
@@ -30,45 +34,48 @@ class MaskedFramesOnly:
         self._head = b""  # the start of a frame header cut by the end of a chunk
         self._skip = 0  # bytes of the current frame's mask and payload still to come
         self._failed = False
+        self.seen = False
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.seen = True
         if self._failed:
             return _EMPTY
-        if not self._all_masked(data):
-            self._failed = True
-            self._queue.set_exception(
-                WebSocketError(WSCloseCode.PROTOCOL_ERROR, "unmasked client frame")
-            )
-            return _EMPTY
+        # Walk the frame headers in ``data``; the whole check is inline, as it runs
+        # for every chunk received.
+        view = data
+        if self._head:  # the parser gets ``data`` as it came; the walk needs the cut header
+            view = self._head + bytes(data)
+            self._head = b""
+        size = len(view)
+        pos = self._skip
+        while pos < size:
+            if pos + 2 > size:
+                self._head = bytes(view[pos:])
+                pos = size
+                break
+            second = view[pos + 1]
+            if not second & 0x80:
+                return self._fail()
+            length = second & 0x7F
+            header = 2 if length < 126 else 4 if length == 126 else 10
+            if pos + header > size:
+                self._head = bytes(view[pos:])
+                pos = size
+                break
+            if length >= 126:
+                length = int.from_bytes(view[pos + 2 : pos + header], "big")
+            pos += header + 4 + length
+        self._skip = pos - size
         result: tuple[bool, bytes] = self._parser.feed_data(data)
         return result
 
     def feed_eof(self) -> None:
         self._parser.feed_eof()
 
-    def _all_masked(self, data: bytes) -> bool:
-        """Advance over the frames in ``data``; False at a header without the mask bit."""
-        if self._head:
-            data = self._head + bytes(data)
-            self._head = b""
-        size = len(data)
-        pos = self._skip
-        while pos < size:
-            if pos + 2 > size:
-                self._head = bytes(data[pos:])
-                self._skip = 0
-                return True
-            second = data[pos + 1]
-            if not second & 0x80:
-                return False
-            length = second & 0x7F
-            header = 2 if length < 126 else 4 if length == 126 else 10
-            if pos + header > size:
-                self._head = bytes(data[pos:])
-                self._skip = 0
-                return True
-            if length >= 126:
-                length = int.from_bytes(data[pos + 2 : pos + header], "big")
-            pos += header + 4 + length
-        self._skip = pos - size
-        return True
+    def _fail(self) -> tuple[bool, bytes]:
+        """An unmasked frame: the queue gets a protocol error, nothing more is parsed."""
+        self._failed = True
+        self._queue.set_exception(
+            WebSocketError(WSCloseCode.PROTOCOL_ERROR, "unmasked client frame")
+        )
+        return _EMPTY

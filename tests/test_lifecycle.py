@@ -65,6 +65,20 @@ async def test_a_peer_that_keeps_sending_is_not_pinged(start_app: ServerFactory)
     await raw.aclose()
 
 
+async def test_data_instead_of_a_pong_keeps_the_connection(start_app: ServerFactory) -> None:
+    interval = 0.2
+    server = await start_app(heartbeat_interval=interval)
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    assert (await raw.recv(timeout=2)).opcode == OP_PING
+    # Never answer the ping, but keep talking past the pong timeout (half an interval).
+    for i in range(10):
+        await raw.send(OP_TEXT, f"{i}".encode())
+        frame = await raw.recv(timeout=2)
+        assert (frame.opcode, frame.payload) == (OP_TEXT, f"{i}".encode())
+        await asyncio.sleep(interval / 4)
+    await raw.aclose()
+
+
 async def test_closed_connections_leave_the_shared_heartbeat(start_app: ServerFactory) -> None:
     server = await start_app(heartbeat_interval=0.2)
     echo = server.app[SERVER_KEY]
