@@ -23,6 +23,7 @@ apart and the size of each message in the shared histogram of echo.metrics, and
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -33,9 +34,12 @@ from echo.heartbeat import Heartbeat
 from echo.masking import MaskedFramesOnly
 from echo.metrics import Metrics, Traffic
 from echo.protocol import is_utf8
+from echo.runner import EchoRequestHandler
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
+_PING = WSMsgType.PING
+_PONG = WSMsgType.PONG
 
 
 class Counters(Protocol):
@@ -50,7 +54,7 @@ class Counters(Protocol):
 class EchoQueue(WebSocketDataQueue):
     """A WebSocketDataQueue that echoes plain data messages instead of queueing them."""
 
-    __slots__ = ("counters", "limit", "response", "transport", "write_frame")
+    __slots__ = ("counters", "limit", "response", "transport", "wake", "write_frame")
 
     def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
         super().__init__(protocol, limit, loop=loop)
@@ -61,26 +65,60 @@ class EchoQueue(WebSocketDataQueue):
         self.response: EchoResponse | None = response
         self.transport: Any = writer.transport
         self.write_frame: Any = writer._write_websocket_frame
+        self.wake: Callable[[], None] | None = None  # set by EchoResponse.detach
+
+    def _keep(self, data: Any, size: int) -> None:
+        """The ordinary road: queue the message for receive(), and wake its reader."""
+        WebSocketDataQueue.feed_data(self, data, size)
+        wake = self.wake
+        if wake is not None:
+            wake()
+
+    def set_exception(self, exc: BaseException, *args: Any) -> None:
+        WebSocketDataQueue.set_exception(self, exc, *args)
+        wake = self.wake
+        if wake is not None:
+            wake()
+
+    def _control(self, data: Any, size: int) -> None:
+        """A control frame, or whatever else the parser queues, on the fast path.
+
+        A ping is answered at once with aiohttp's frame writer, as aiohttp's autoping
+        does inside ``receive()``; a pong only proves the peer alive, which the mask
+        check has already noted for the heartbeat. Close frames and errors go to
+        ``receive()``.
+        """
+        kind = data[0]
+        response = self.response
+        if response is None or not response._autoping or response.closed:
+            return self._keep(data, size)
+        if kind is _PING:
+            self.write_frame(data[1], _PONG, 0)
+            return None
+        if kind is _PONG:
+            return None
+        return self._keep(data, size)
 
     def feed_data(self, data: Any, size: int) -> None:
         counters = self.counters
         kind = data[0]
         if (
             counters is None
-            or (kind is not _TEXT and kind is not _BINARY)
             or self._buffer
             or self._protocol._paused
             or self.transport.is_closing()
         ):
-            return super().feed_data(data, size)
+            return self._keep(data, size)
+        if kind is not _TEXT and kind is not _BINARY:
+            return self._control(data, size)
         payload: bytes = data[1]
         n = len(payload)
         if n > self.limit or (kind is _TEXT and not payload.isascii() and not is_utf8(payload)):
-            return super().feed_data(data, size)
+            return self._keep(data, size)
         response = self.response
         assert response is not None
         if response.closed:
-            return super().feed_data(data, size)
+            return self._keep(data, size)
         self.write_frame(payload, kind, 0)
         counters.messages_in += 1
         counters.bytes_in += n
@@ -110,20 +148,21 @@ class MeteredEchoQueue(EchoQueue):
         kind = data[0]
         if (
             counters is None
-            or (kind is not _TEXT and kind is not _BINARY)
             or self._buffer
             or self._protocol._paused
             or self.transport.is_closing()
         ):
-            return WebSocketDataQueue.feed_data(self, data, size)
+            return self._keep(data, size)
+        if kind is not _TEXT and kind is not _BINARY:
+            return self._control(data, size)
         payload: bytes = data[1]
         n = len(payload)
         if n > self.limit or (kind is _TEXT and not payload.isascii() and not is_utf8(payload)):
-            return WebSocketDataQueue.feed_data(self, data, size)
+            return self._keep(data, size)
         response = self.response
         assert response is not None
         if response.closed:
-            return WebSocketDataQueue.feed_data(self, data, size)
+            return self._keep(data, size)
         self.write_frame(payload, kind, 0)
         counters.messages_in += 1
         counters.bytes_in += n
@@ -142,6 +181,30 @@ class MeteredEchoQueue(EchoQueue):
         return None
 
 
+class UpgradedRequest:
+    """Stands in for the request of a detached :class:`EchoResponse`.
+
+    aiohttp's WebSocketResponse still reads ``_req.transport`` (to close it) and
+    ``_req._protocol`` (its timeout rounding) after the upgrade; nothing else.
+    """
+
+    __slots__ = ("_protocol",)
+    method = "GET"
+    path = "/"
+    task = None
+
+    def __init__(self, protocol: EchoRequestHandler) -> None:
+        self._protocol = protocol
+
+    @property
+    def protocol(self) -> EchoRequestHandler:
+        return self._protocol
+
+    @property
+    def transport(self) -> Any:
+        return self._protocol.transport
+
+
 class EchoResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds an :class:`EchoQueue`.
 
@@ -153,7 +216,7 @@ class EchoResponse(web.WebSocketResponse):
 
     # Slots, not instance attributes: past aiohttp's own attributes, an instance dict
     # stops sharing keys and grows by about 1.5 KiB per connection.
-    __slots__ = ("_beat_slot", "_beats", "_frames", "_metrics")
+    __slots__ = ("_beat_slot", "_beats", "_detached", "_frames", "_metrics")
 
     def __init__(
         self,
@@ -166,6 +229,7 @@ class EchoResponse(web.WebSocketResponse):
         self._beats = heartbeat
         self._beat_slot = 0
         self._frames: MaskedFramesOnly | None = None
+        self._detached = False
         self._metrics = metrics
 
     # The heartbeat is echo.heartbeat's shared timer, not one aiohttp timer per
@@ -213,12 +277,8 @@ class EchoResponse(web.WebSocketResponse):
             self._beat_slot = self._beats.add(self)
         loop = self._loop
         assert loop is not None
-        queue: WebSocketDataQueue
-        if self._compress:  # the compressor is shared with serve(): take the normal road
-            queue = WebSocketDataQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
-        else:
-            kind = EchoQueue if self._metrics is None else MeteredEchoQueue
-            queue = kind(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
+        kind = EchoQueue if self._metrics is None else MeteredEchoQueue
+        queue = kind(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
         self._reader = queue
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
@@ -262,9 +322,50 @@ class EchoResponse(web.WebSocketResponse):
 
     def start_echo(self, counters: Counters, max_message_size: int) -> None:
         """Begin echoing from the parser; until now messages waited in the queue."""
-        if isinstance(self._reader, EchoQueue):
+        # Compressed connections take the ordinary road: the compressor is shared
+        # with serve()'s sends.
+        if isinstance(self._reader, EchoQueue) and not self._compress:
             self._reader.limit = max_message_size
             self._reader.counters = counters
+
+    @property
+    def detachable(self) -> bool:
+        """Whether the connection can go on after the handler returns (see detach)."""
+        return self._req is not None and isinstance(self._req.protocol, EchoRequestHandler)
+
+    def detach(self, wake: Callable[[], None], ended: Callable[[], None]) -> None:
+        """Go on serving after the request handler returns; call ``wake`` whenever a
+        message or error waits in the queue for ``receive()`` (no task is reading
+        between such times), and ``ended`` once the connection is lost.
+
+        While the handler runs, aiohttp keeps its connection task, the handler's task
+        and coroutines and the parsed upgrade request alive: about 5 KiB per idle
+        WebSocket, most of what it costs. Messages the fast path cannot echo are rare;
+        ``wake`` starts a short-lived task for them.
+        """
+        request = self._req
+        assert request is not None
+        assert isinstance(self._reader, EchoQueue)
+        protocol = request.protocol
+        assert isinstance(protocol, EchoRequestHandler)
+        self._detached = True
+        self._reader.wake = wake
+        # What this response still asks of its request (transport, protocol), without
+        # the request itself: the parsed upgrade request can go.
+        self._req = UpgradedRequest(protocol)  # type: ignore[assignment]
+        protocol.detach(ended)
+
+    @property
+    def pending(self) -> bool:
+        """Whether receive() has something to return without waiting."""
+        queue = self._reader
+        assert queue is not None
+        return bool(queue._buffer) or queue.exception() is not None or queue.is_eof()
+
+    async def write_eof(self) -> None:  # type: ignore[override]
+        """aiohttp's closes the WebSocket as the handler returns: not once detached."""
+        if not self._detached:
+            await super().write_eof()
 
     def release(self) -> None:
         """Once the handler is done: stop echoing and break our reference cycles.
@@ -282,5 +383,6 @@ class EchoResponse(web.WebSocketResponse):
             queue.response = None
             queue.transport = None
             queue.write_frame = None
+            queue.wake = None
         if self._beats is not None:
             self._beats.discard(self, self._beat_slot)

@@ -71,6 +71,19 @@ class Connection:
     binary_out: int = 0
     binary_bytes_out: int = 0
     closer: asyncio.Task[bool] | None = None
+    serving: asyncio.Future[None] | None = None  # a detached connection's serve task
+    # Set while detached (EchoResponse.detach): what wake() and ended() act on. Two
+    # bound methods cost a third of two functools.partial objects per connection.
+    server: EchoServer | None = None
+    ws: EchoResponse | None = None
+
+    def wake(self) -> None:
+        if self.server is not None and self.ws is not None:
+            self.server._wake(self.ws, self)
+
+    def ended(self) -> None:
+        if self.server is not None and self.ws is not None:
+            self.server._ended(self.ws, self)
 
 
 class EchoServer:
@@ -124,38 +137,33 @@ class EchoServer:
                 metrics=self.metrics,
             )
             await ws.prepare(request)
-            conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote)
-            self.connections[ws] = conn
-            if self.metrics is not None:
-                self.metrics.connections_total += 1
-            if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
-                log.info(
-                    "open id=%s remote=%s origin=%s",
-                    conn.id,
-                    remote,
-                    "-" if origin is None else preview(origin),
-                    extra=event("open", conn=conn.id, remote=remote, origin=clip(origin)),
-                )
-            try:
-                await self.serve(ws, conn)
-            except ConnectionError:
-                pass  # the peer vanished mid-send: an abnormal closure, not our fault
-            except Exception:
-                log.exception(
-                    "error id=%s; closing with 1011",
-                    conn.id,
-                    extra=event("error", conn=conn.id, remote=remote),
-                )
-                await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
-            finally:
-                ws.release()
-                del self.connections[ws]
-                if self.metrics is not None:
-                    self.metrics.connection_closed(conn)
-                self._log_closed(ws, conn)
-            return ws
-        finally:
+        except BaseException:
             self.limiter.release(remote)
+            raise
+        conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote)
+        self.connections[ws] = conn
+        if self.metrics is not None:
+            self.metrics.connections_total += 1
+        if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
+            log.info(
+                "open id=%s remote=%s origin=%s",
+                conn.id,
+                remote,
+                "-" if origin is None else preview(origin),
+                extra=event("open", conn=conn.id, remote=remote, origin=clip(origin)),
+            )
+        if not log.isEnabledFor(logging.DEBUG):  # at debug, serve() logs every message
+            ws.start_echo(conn, self.settings.max_message_size)
+        if ws.detachable:
+            conn.server, conn.ws = self, ws
+            ws.detach(wake=conn.wake, ended=conn.ended)
+            return ws
+        # aiohttp's own connection protocol (adev's dev server): serve until the end.
+        try:
+            await self._serve_guarded(ws, conn, until_idle=False)
+        finally:
+            self._ended(ws, conn)
+        return ws
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -215,8 +223,43 @@ class EchoServer:
         headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
         return web.Response(status=status, text=text + "\n", headers=headers)
 
-    async def serve(self, ws: web.WebSocketResponse, conn: Connection) -> None:
-        """Echo every data message back as it came, until the connection ends.
+    def _wake(self, ws: EchoResponse, conn: Connection) -> None:
+        """A detached connection's queue holds a message or error: serve it in a task."""
+        if conn.serving is None and not ws.closed:
+            conn.serving = asyncio.ensure_future(self._serve_guarded(ws, conn, until_idle=True))
+
+    async def _serve_guarded(
+        self, ws: web.WebSocketResponse, conn: Connection, *, until_idle: bool
+    ) -> None:
+        try:
+            await self.serve(ws, conn, until_idle=until_idle)
+        except ConnectionError:
+            pass  # the peer vanished mid-send: an abnormal closure, not our fault
+        except Exception:
+            log.exception(
+                "error id=%s; closing with 1011",
+                conn.id,
+                extra=event("error", conn=conn.id, remote=conn.remote),
+            )
+            await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
+        finally:
+            conn.serving = None
+
+    def _ended(self, ws: EchoResponse, conn: Connection) -> None:
+        """The connection is over: give back its slot, count it, log it."""
+        ws.release()
+        conn.server = conn.ws = None
+        del self.connections[ws]
+        if self.metrics is not None:
+            self.metrics.connection_closed(conn)
+        self._log_closed(ws, conn)
+        self.limiter.release(conn.remote)
+
+    async def serve(
+        self, ws: web.WebSocketResponse, conn: Connection, *, until_idle: bool = False
+    ) -> None:
+        """Echo every data message back as it came, until the connection ends, or with
+        ``until_idle`` until nothing waits in the queue (a detached connection).
 
         Plain messages are echoed by the parser's queue (echo.fastpath) as they
         arrive; this loop handles what that path hands on, and every message at debug
@@ -228,9 +271,9 @@ class EchoServer:
         limit = self.settings.max_message_size
         metrics = self.metrics
         binary = WSMsgType.BINARY
-        if not debug and isinstance(ws, EchoResponse):
-            ws.start_echo(conn, limit)
         while True:
+            if until_idle and isinstance(ws, EchoResponse) and not ws.pending:
+                return
             msg = await receive()
             kind = msg.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:

@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 
+from echo.runner import EchoRunner
 from echo.server import create_app, runner_options
 from tests.support import TEST_SETTINGS, ServerFactory, ServerProcess, clean_env, free_port
 
 
-@pytest.fixture
-def start_app(aiohttp_server: Any) -> ServerFactory:
-    """Start ``create_app(settings)`` in-process on 127.0.0.1 with the production runner options."""
+class EchoTestServer(TestServer):
+    """aiohttp's TestServer with the production runner (echo.runner.EchoRunner)."""
 
-    async def start(**changes: Any) -> TestServer:
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return EchoRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+async def start_app() -> AsyncIterator[ServerFactory]:
+    """Start ``create_app(settings)`` in-process on 127.0.0.1 as production runs it.
+
+    ``plain_runner=True`` serves it with aiohttp's own runner instead, as adev's
+    development server does: WebSockets then stay attached to their handler.
+    """
+    servers: list[TestServer] = []
+
+    async def start(*, plain_runner: bool = False, **changes: Any) -> TestServer:
         settings = replace(TEST_SETTINGS, **changes)
-        server: TestServer = await aiohttp_server(create_app(settings), **runner_options(settings))
+        kind = TestServer if plain_runner else EchoTestServer
+        server = kind(create_app(settings), host="127.0.0.1")
+        await server.start_server(**runner_options(settings))
+        servers.append(server)
         return server
 
-    return start
+    yield start
+    while servers:
+        await servers.pop().close()
 
 
 @pytest.fixture

@@ -11,7 +11,16 @@ from aiohttp import WSMsgType
 
 from echo.server import SERVER_KEY
 from tests.support import ServerFactory, wait_until
-from tests.wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawWebSocket, close_payload
+from tests.wsraw import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RawWebSocket,
+    close_payload,
+)
 
 
 async def echo_once(ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> aiohttp.WSMessage:
@@ -146,17 +155,17 @@ async def test_error_in_one_connection_closes_it_1011_and_spares_the_others(
     echo = server.app[SERVER_KEY]
     original = echo.serve
 
-    async def faulty(ws: Any, conn: Any) -> None:
+    async def faulty(ws: Any, conn: Any, **options: Any) -> None:
         if conn.id == "c2":
             await ws.receive()
             raise RuntimeError("injected fault")
-        await original(ws, conn)
+        await original(ws, conn, **options)
 
     echo.serve = faulty
     async with aiohttp.ClientSession() as session:
         healthy = await session.ws_connect(server.make_url("/"))
         victim = await session.ws_connect(server.make_url("/"))
-        await victim.send_str("trigger")
+        await victim.send_frame(b"\xff", WSMsgType.TEXT)  # not echoed on the fast path
         closing = await victim.receive(timeout=5)
         assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1011)
         await victim.close()
@@ -183,54 +192,83 @@ async def test_concurrent_connections_do_not_mix_messages(start_app: ServerFacto
 
 
 @pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "no-metrics"])
-async def test_plain_messages_are_echoed_by_the_parser_without_waking_serve(
+async def test_plain_messages_and_pings_are_answered_without_a_task(
     start_app: ServerFactory, metrics: bool
 ) -> None:
-    """The fast path: once serve() starts it, echoes need no handler task wake-up."""
+    """The fast path: the parser's callback echoes and pongs; serve() never runs."""
     server = await start_app(metrics=metrics)
     echo = server.app[SERVER_KEY]
     original = echo.serve
-    parked, release = asyncio.Event(), asyncio.Event()
+    served: list[str] = []
 
-    async def parked_serve(ws: Any, conn: Any) -> None:
-        ws.start_echo(conn, echo.settings.max_message_size)
-        parked.set()
-        await asyncio.wait_for(release.wait(), 30)  # reads nothing: only the fast path echoes
-        await original(ws, conn)
+    async def recording(ws: Any, conn: Any, **options: Any) -> None:
+        served.append(conn.id)
+        await original(ws, conn, **options)
 
-    echo.serve = parked_serve
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(server.make_url("/")) as ws:
-            await asyncio.wait_for(parked.wait(), 5)
-            sent: list[str | bytes] = ["a", b"\x00\xff", "héllo ✓", b"", "z" * 70_000]
-            for item in sent:
-                reply = await echo_once(ws, item)
-                assert reply.data == item
-            conn = next(iter(echo.connections.values()))
-            assert (conn.messages_in, conn.messages_out) == (len(sent), len(sent))
-            release.set()
+    echo.serve = recording
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    sent = [
+        (OP_TEXT, b"a"),
+        (OP_BINARY, b"\x00\xff"),
+        (OP_TEXT, "héllo ✓".encode()),
+        (OP_BINARY, b""),
+    ]
+    sent += [(OP_PING, b"are you there"), (OP_TEXT, b"z" * 70_000)]
+    for opcode, payload in sent:
+        await raw.send(opcode, payload)
+        frame = await raw.recv(timeout=5)
+        expected = OP_PONG if opcode == OP_PING else opcode
+        assert (frame.opcode, frame.payload) == (expected, payload)
+    conn = next(iter(echo.connections.values()))
+    assert (conn.messages_in, conn.messages_out) == (len(sent) - 1, len(sent) - 1)
+    assert served == []
+    await raw.aclose()
 
 
 @pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "no-metrics"])
-async def test_fast_path_keeps_order_with_messages_it_hands_to_serve(
+async def test_messages_held_back_by_a_slow_reader_keep_their_order(
     start_app: ServerFactory, metrics: bool
 ) -> None:
-    """Messages queued for serve() (here: while it is slow) are not overtaken."""
+    """While the peer does not read, the server's writes pause and messages wait in the
+    queue for serve(); those arriving later must not overtake them."""
     server = await start_app(metrics=metrics)
     echo = server.app[SERVER_KEY]
     original = echo.serve
+    served: list[str] = []
 
-    async def slow_start(ws: Any, conn: Any) -> None:
-        await asyncio.sleep(0.2)  # messages arrive before the fast path starts: queued
-        await original(ws, conn)
+    async def recording(ws: Any, conn: Any, **options: Any) -> None:
+        served.append(conn.id)
+        await original(ws, conn, **options)
 
-    echo.serve = slow_start
+    echo.serve = recording
+    sent = [i.to_bytes(4, "big") * 16_384 for i in range(200)]  # 64 KiB each, 12.5 MiB
     async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/")) as ws:
-        sent = [f"m{i}" for i in range(300)]
-        for item in sent:
-            await ws.send_str(item)
-        received = [(await ws.receive(timeout=5)).data for _ in sent]
+
+        async def send_all() -> None:
+            for item in sent:
+                await ws.send_bytes(item)
+
+        sender = asyncio.create_task(send_all())
+        await asyncio.sleep(0.5)  # read nothing yet: the server's writes pause
+        received = [(await ws.receive(timeout=10)).data for _ in sent]
+        await asyncio.wait_for(sender, 10)
     assert received == sent
+    assert served, "nothing was held back: the test did not exercise the queue"
+
+
+async def test_under_aiohttps_own_runner_the_handler_serves_to_the_end(
+    start_app: ServerFactory,
+) -> None:
+    """adev's development server uses aiohttp's runner: no detaching, same behaviour."""
+    server = await start_app(plain_runner=True)
+    echo = server.app[SERVER_KEY]
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/")) as ws:
+        for item in ("one", b"two", "x" * 70_000):
+            assert (await echo_once(ws, item)).data == item
+        await ws.send_frame(b"\xff", WSMsgType.TEXT)
+        closing = await ws.receive(timeout=5)
+        assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1007)
+    await wait_until(lambda: echo.limiter.open == 0 and not echo.connections)
 
 
 async def test_the_upgrade_response_carries_the_handshake_and_no_software_versions(

@@ -148,14 +148,14 @@ async def test_error_event_carries_the_connection_and_the_traceback(
     server = await start_app()
     echo = server.app[SERVER_KEY]
 
-    async def faulty(ws: Any, conn: Any) -> None:
+    async def faulty(ws: Any, conn: Any, **options: Any) -> None:
         await ws.receive()
         raise RuntimeError("injected fault")
 
     echo.serve = faulty
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(server.make_url("/")) as ws:
-            await ws.send_str("trigger")
+            await ws.send_frame(b"\xff", aiohttp.WSMsgType.TEXT)  # not echoed on the fast path
             assert (await ws.receive(timeout=5)).data == 1011
     errors = [r for r in caplog.records if getattr(r, "event", None) == "error"]
     assert len(errors) == 1

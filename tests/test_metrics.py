@@ -122,27 +122,24 @@ async def test_an_exchange_is_counted_by_direction_type_and_size(
 
 
 async def test_the_fast_path_counts_without_the_echo_loop(start_app: ServerFactory) -> None:
-    """Echoes from the parser callback (serve() parked, reading nothing) are counted."""
+    """Echoes from the parser callback (serve() never runs) are counted."""
     server = await start_app(compression=False)
     echo = server.app[SERVER_KEY]
-    parked, release = asyncio.Event(), asyncio.Event()
     original = echo.serve
+    served: list[str] = []
 
-    async def parked_serve(ws: Any, conn: Any) -> None:
-        ws.start_echo(conn, echo.settings.max_message_size)
-        parked.set()
-        await asyncio.wait_for(release.wait(), 30)
-        await original(ws, conn)
+    async def recording(ws: Any, conn: Any, **options: Any) -> None:
+        served.append(conn.id)
+        await original(ws, conn, **options)
 
-    echo.serve = parked_serve
+    echo.serve = recording
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(server.make_url("/")) as ws:
-            await asyncio.wait_for(parked.wait(), 5)
             for item in ("abc", b"\x01" * 300, "defg", "x" * 40):
                 await (ws.send_str(item) if isinstance(item, str) else ws.send_bytes(item))
                 assert (await ws.receive(timeout=5)).data == item
             samples = await scrape(base_url(server))
-            release.set()
+            assert served == []
     assert by_label(samples, "echo_message_bytes_total", "type") == {"text": 47, "binary": 300}
     assert value(samples, "echo_messages_total", direction="out", type="text") == 3
     assert value(samples, "echo_message_size_bytes_bucket", le="16.0") == 2
@@ -335,14 +332,14 @@ async def test_error_while_serving_is_counted_as_1011(start_app: ServerFactory) 
     server = await start_app()
     echo = server.app[SERVER_KEY]
 
-    async def faulty(ws: Any, conn: Any) -> None:
+    async def faulty(ws: Any, conn: Any, **options: Any) -> None:
         await ws.receive()
         raise RuntimeError("injected fault")
 
     echo.serve = faulty
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(server.make_url("/"))
-        await ws.send_str("trigger")
+        await ws.send_frame(b"\xff", WSMsgType.TEXT)  # not echoed on the fast path
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1011)
         await ws.close()
