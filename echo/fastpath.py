@@ -27,19 +27,21 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp._websocket.helpers import PACK_CLOSE_CODE
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
 from echo.heartbeat import Heartbeat
 from echo.masking import MaskedFramesOnly
 from echo.metrics import Metrics, Traffic
-from echo.protocol import is_utf8
+from echo.protocol import close_reply, is_utf8
 from echo.runner import EchoRequestHandler
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
+_CLOSE = WSMsgType.CLOSE
 
 
 class Counters(Protocol):
@@ -54,7 +56,7 @@ class Counters(Protocol):
 class EchoQueue(WebSocketDataQueue):
     """A WebSocketDataQueue that echoes plain data messages instead of queueing them."""
 
-    __slots__ = ("counters", "limit", "response", "transport", "wake", "write_frame")
+    __slots__ = ("counters", "ended", "limit", "response", "transport", "wake", "write_frame")
 
     def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
         super().__init__(protocol, limit, loop=loop)
@@ -66,6 +68,7 @@ class EchoQueue(WebSocketDataQueue):
         self.transport: Any = writer.transport
         self.write_frame: Any = writer._write_websocket_frame
         self.wake: Callable[[], None] | None = None  # set by EchoResponse.detach
+        self.ended: Callable[[], None] | None = None  # set by EchoResponse.detach
 
     def _keep(self, data: Any, size: int) -> None:
         """The ordinary road: queue the message for receive(), and wake its reader."""
@@ -73,6 +76,14 @@ class EchoQueue(WebSocketDataQueue):
         wake = self.wake
         if wake is not None:
             wake()
+
+    def feed_eof(self) -> None:
+        """The connection is lost (aiohttp's connection_lost feeds the parser EOF)."""
+        WebSocketDataQueue.feed_eof(self)
+        ended = self.ended
+        if ended is not None:
+            self.ended = None
+            ended()
 
     def set_exception(self, exc: BaseException, *args: Any) -> None:
         WebSocketDataQueue.set_exception(self, exc, *args)
@@ -85,8 +96,9 @@ class EchoQueue(WebSocketDataQueue):
 
         A ping is answered at once with aiohttp's frame writer, as aiohttp's autoping
         does inside ``receive()``; a pong only proves the peer alive, which the mask
-        check has already noted for the heartbeat. Close frames and errors go to
-        ``receive()``.
+        check has already noted for the heartbeat; a close frame is answered by
+        :meth:`EchoResponse.answer_close` unless a ``receive()`` is waiting for it.
+        Errors go to ``receive()``.
         """
         kind = data[0]
         response = self.response
@@ -96,6 +108,9 @@ class EchoQueue(WebSocketDataQueue):
             self.write_frame(data[1], _PONG, 0)
             return None
         if kind is _PONG:
+            return None
+        if kind is _CLOSE and not (response._closing or response._waiting):
+            response.answer_close(data[1])  # no receive() is waiting for it
             return None
         return self._keep(data, size)
 
@@ -350,10 +365,33 @@ class EchoResponse(web.WebSocketResponse):
         assert isinstance(protocol, EchoRequestHandler)
         self._detached = True
         self._reader.wake = wake
+        self._reader.ended = ended
         # What this response still asks of its request (transport, protocol), without
         # the request itself: the parsed upgrade request can go.
         self._req = UpgradedRequest(protocol)  # type: ignore[assignment]
-        protocol.detach(ended)
+        protocol.detach()
+
+    def answer_close(self, code: int) -> None:
+        """Answer the peer's close frame at once, from the parser's callback.
+
+        What ``receive()`` and then ``close(drain=False)`` do in aiohttp 3.14 when the
+        peer closes first (as serve() would, with the reply of ``protocol.close_reply``),
+        without a task: note the peer's code, send the reply, close the transport.
+        Only when nothing is queued before it (the fast path's conditions).
+        """
+        writer = self._writer
+        assert writer is not None
+        self._set_closing(code)  # type: ignore[arg-type]  # aiohttp passes ints here too
+        reply = close_reply(code)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.received_close(code)
+            metrics.sent_close(reply)
+        self._set_closed()
+        writer._write_websocket_frame(PACK_CLOSE_CODE(reply), _CLOSE, 0)
+        writer._closing = True
+        self._close_transport()
+        self._parser = None
 
     @property
     def pending(self) -> bool:
@@ -384,5 +422,6 @@ class EchoResponse(web.WebSocketResponse):
             queue.transport = None
             queue.write_frame = None
             queue.wake = None
+            queue.ended = None
         if self._beats is not None:
             self._beats.discard(self, self._beat_slot)

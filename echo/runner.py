@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -42,33 +41,28 @@ class _NoDelayFromListener(BaseProtocol):
             super().connection_made(transport)
 
 
-_NO_MESSAGES: deque[Any] = deque(maxlen=0)  # a detached handler's (never used) queue
+_DETACHED: deque[Any] = deque(maxlen=0)  # a detached handler's (never used) request queue
 
 
 class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
     """aiohttp's connection protocol: TCP_NODELAY from the listener, timeouts counted,
     and WebSockets that outlive their request handler (:meth:`detach`)."""
 
-    __slots__ = ("_ended", "_ws_detached")
+    __slots__ = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._ws_detached = False
-        self._ended: Callable[[], None] | None = None
-
-    def detach(self, ended: Callable[[], None]) -> None:
-        """Keep the upgraded connection open and fed after the handler returns; call
-        ``ended`` when it is lost.
+    def detach(self) -> None:
+        """Keep the upgraded connection open and fed after the handler returns.
 
         aiohttp's connection task closes the transport after the handler unless
         ``_force_close`` is set, and ``data_received`` drops data once it is; so it is
-        set, and ``data_received`` feeds the frame parser itself while detached. The
-        connection task then ends, and with it every object of the HTTP request.
+        set, and ``data_received`` feeds the frame parser itself while detached (the
+        request queue, never used again, is swapped for a shared empty one, which
+        marks the state). The connection task then ends, and with it every object of
+        the HTTP request. The end of the connection reaches the frame parser's queue
+        as EOF, from ``connection_lost``.
         """
-        self._ws_detached = True
         self._force_close = True
-        self._ended = ended
-        self._messages = _NO_MESSAGES
+        self._messages = _DETACHED
         task = self._task_handler
         if task is not None:
             task.add_done_callback(self._forget_task)
@@ -77,17 +71,10 @@ class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
         self._task_handler = None
 
     def data_received(self, data: bytes) -> None:
-        if not self._ws_detached:
+        if self._messages is not _DETACHED:
             super().data_received(data)
         elif data and self._payload_parser is not None:
             self._payload_parser.feed_data(data)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
-        ended = self._ended
-        if ended is not None:
-            self._ended = None
-            ended()
 
     def _process_keepalive(self) -> None:
         already = self._force_close
