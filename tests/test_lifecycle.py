@@ -79,6 +79,26 @@ async def test_data_instead_of_a_pong_keeps_the_connection(start_app: ServerFact
     await raw.aclose()
 
 
+async def test_an_idle_websocket_keeps_no_task_and_no_request(start_app: ServerFactory) -> None:
+    """Once upgraded, a connection is served without aiohttp's request machinery: no
+    connection or handler task waits, and the upgrade request is freed (about half of
+    what an idle connection would otherwise cost)."""
+    server = await start_app()
+    echo = server.app[SERVER_KEY]
+    raws = [await RawWebSocket.connect("127.0.0.1", server.port) for _ in range(3)]
+    await wait_until(lambda: len(echo.connections) == 3, timeout=3)
+    await asyncio.sleep(0.1)  # let aiohttp's connection tasks finish
+    gc.collect()
+    waiting = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+    assert not [name for name in waiting if name.startswith(("RequestHandler", "EchoServer"))]
+    assert not [o for o in gc.get_objects() if isinstance(o, web.BaseRequest)]
+    for i, raw in enumerate(raws):  # and they still echo
+        await raw.send(OP_TEXT, f"{i}".encode())
+        assert (await raw.recv(timeout=2)).payload == f"{i}".encode()
+        await raw.aclose()
+    await wait_until(lambda: not echo.connections and echo.limiter.open == 0, timeout=3)
+
+
 async def test_closed_connections_leave_the_shared_heartbeat(start_app: ServerFactory) -> None:
     server = await start_app(heartbeat_interval=0.2)
     echo = server.app[SERVER_KEY]

@@ -19,7 +19,8 @@ from echo.config import ClientSettings, ConfigError, ServerSettings
 from echo.logs import JsonFormatter, clip, event
 from echo.server import SERVER_KEY
 from tests.client_support import fast_client_env
-from tests.support import ServerFactory, ServerProcess
+from tests.support import ServerFactory, ServerProcess, wait_until
+from tests.wsraw import OP_CLOSE, RawWebSocket, close_payload
 
 ServerStarter = Callable[..., ServerProcess]
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -163,3 +164,17 @@ async def test_error_event_carries_the_connection_and_the_traceback(
     assert (record["event"], record["level"], record["conn"]) == ("error", "error", "c1")
     assert record["remote"] == "127.0.0.1"
     assert "RuntimeError: injected fault" in record["exception"]
+
+
+@pytest.mark.parametrize("code", [1000, 4001])
+async def test_the_close_line_carries_the_peers_code(
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture, code: int
+) -> None:
+    caplog.set_level(logging.INFO, "echo.server")
+    server = await start_app()
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    await raw.send(OP_CLOSE, close_payload(code, b"bye"))
+    assert (await raw.recv_data()).close_code == code
+    await wait_until(lambda: "close id=c1" in caplog.text, timeout=5)
+    assert f"close id=c1 code={code} " in caplog.text
+    await raw.aclose()
