@@ -110,9 +110,10 @@ class EchoServer:
     async def root(self, request: web.Request) -> web.StreamResponse:
         """``GET /``: the WebSocket echo, or the browser console for a plain GET.
 
-        The WebSocket's whole life runs in this coroutine (and ``serve``): every
-        coroutine between aiohttp and the receive loop stays allocated as long as the
-        connection is open.
+        Admission, upgrade, then (under echo.runner's protocol) the connection is
+        detached and this returns: the fast path echoes, ``_wake`` serves what it
+        cannot, ``_ended`` books the end (echo.fastpath). Under aiohttp's own
+        protocol (adev's dev server) it serves until the connection ends.
         """
         if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
             return request.app[PAGE_KEY].index(request)
