@@ -47,7 +47,7 @@ clean:
 
 .PHONY: bench bench-quick
 
-bench: install ## the benchmark: real server vs bare aiohttp, 5 rounds (about 6 minutes)
+bench: install ## the benchmark: real server vs bare aiohttp, 5 rounds (about 4 minutes)
 	$(BIN)/python -m echo.bench
 
 bench-quick: install ## a short benchmark run (about a minute), as in CI
