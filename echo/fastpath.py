@@ -116,30 +116,37 @@ class EchoQueue(WebSocketDataQueue):
         """
         kind = data[0]
         response = self.response
-        if response is None or not response._autoping or response.closed:
+        if (
+            response is None
+            or not response._autoping
+            or response.closed
+            or self.transport.is_closing()
+        ):
             return self._keep(data, size)
+        # Pings and pongs need not wait behind messages held back in the queue (a
+        # control frame may come between data frames), and a ping left last in the
+        # queue would keep serve()'s task waiting inside receive().
         if kind is _PING:
             self.write_frame(data[1], _PONG, 0)
             return None
         if kind is _PONG:
             return None
-        if kind is _CLOSE and not (response._closing or response._waiting):
-            response.answer_close(data[1])  # no receive() is waiting for it
+        if kind is _CLOSE and not (
+            self._buffer or self._protocol._paused or response._closing or response._waiting
+        ):
+            response.answer_close(data[1])  # nothing before it, no receive() waiting
             return None
         return self._keep(data, size)
 
     def feed_data(self, data: Any, size: int) -> None:
         counters = self.counters
         kind = data[0]
-        if (
-            counters is None
-            or self._buffer
-            or self._protocol._paused
-            or self.transport.is_closing()
-        ):
+        if counters is None:
             return self._keep(data, size)
         if kind is not _TEXT and kind is not _BINARY:
             return self._control(data, size)
+        if self._buffer or self._protocol._paused or self.transport.is_closing():
+            return self._keep(data, size)
         payload: bytes = data[1]
         n = len(payload)
         if n > self.limit or (kind is _TEXT and not payload.isascii() and not is_utf8(payload)):
@@ -175,15 +182,12 @@ class MeteredEchoQueue(EchoQueue):
     def feed_data(self, data: Any, size: int) -> None:
         counters: Traffic | None = self.counters  # type: ignore[assignment]
         kind = data[0]
-        if (
-            counters is None
-            or self._buffer
-            or self._protocol._paused
-            or self.transport.is_closing()
-        ):
+        if counters is None:
             return self._keep(data, size)
         if kind is not _TEXT and kind is not _BINARY:
             return self._control(data, size)
+        if self._buffer or self._protocol._paused or self.transport.is_closing():
+            return self._keep(data, size)
         payload: bytes = data[1]
         n = len(payload)
         if n > self.limit or (kind is _TEXT and not payload.isascii() and not is_utf8(payload)):
@@ -387,6 +391,8 @@ class EchoResponse(web.WebSocketResponse):
         if self._reader.is_eof():  # lost before it was detached: end it now
             self._reader.ended = None
             ended()
+        elif self.pending:  # frames that came with the upgrade request are queued
+            wake()
 
     def answer_close(self, code: int) -> None:
         """Answer the peer's close frame at once, from the parser's callback.

@@ -20,6 +20,7 @@ from tests.wsraw import (
     OP_TEXT,
     RawWebSocket,
     close_payload,
+    encode_frame,
 )
 
 
@@ -256,6 +257,32 @@ async def test_messages_held_back_by_a_slow_reader_keep_their_order(
     assert served, "nothing was held back: the test did not exercise the queue"
 
 
+async def test_a_ping_behind_held_back_messages_is_answered_and_leaves_no_task(
+    start_app: ServerFactory,
+) -> None:
+    """A ping does not wait in the queue behind messages held back while the server's
+    writes are paused, so no serve() task is left waiting inside receive() (where
+    aiohttp answers pings and waits on) once the queue is empty."""
+    server = await start_app()
+    echo = server.app[SERVER_KEY]
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    await wait_until(lambda: len(echo.connections) == 1, timeout=3)
+    ws, conn = next(iter(echo.connections.items()))
+    protocol = ws._req.protocol
+    protocol.pause_writing()  # as when the peer stops reading: messages are held back
+    await raw.send(OP_TEXT, b"held back")
+    await raw.send(OP_PING, b"still there?")
+    await asyncio.sleep(0.2)
+    protocol.resume_writing()
+    frames = [await raw.recv(timeout=3), await raw.recv(timeout=3)]
+    assert sorted((f.opcode, f.payload) for f in frames) == [
+        (OP_TEXT, b"held back"),
+        (OP_PONG, b"still there?"),
+    ]
+    await wait_until(lambda: conn.serving is None, timeout=3)
+    await raw.aclose()
+
+
 async def test_under_aiohttps_own_runner_the_handler_serves_to_the_end(
     start_app: ServerFactory,
 ) -> None:
@@ -283,3 +310,19 @@ async def test_the_upgrade_response_carries_the_handshake_and_no_software_versio
     names = {line.split(":", 1)[0].lower() for line in lines}
     assert status == "HTTP/1.1 101 Switching Protocols"
     assert names == {"upgrade", "connection", "sec-websocket-accept"}
+
+
+async def test_a_frame_sent_with_the_upgrade_request_is_echoed(start_app: ServerFactory) -> None:
+    """Frames pipelined behind the upgrade request reach the parser before the
+    connection is handed to the fast path; they must not be left in the queue."""
+    server = await start_app()
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        upgrade = RawWebSocket.upgrade_request("127.0.0.1", server.port)
+        writer.write(upgrade + encode_frame(OP_TEXT, b"early") + encode_frame(OP_BINARY, b"too"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x81\x05early"
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x82\x03too"
+        writer.close()
+        await writer.wait_closed()
