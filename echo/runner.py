@@ -1,6 +1,6 @@
 """aiohttp's runner, server and connection protocol as the echo server runs them.
 
-Two changes to aiohttp's own, both below the application:
+Three changes to aiohttp's own, all below the application:
 
 - Handshake timeouts are counted. aiohttp's keep-alive timer cuts off a connection that
   has not sent a complete request in HANDSHAKE_TIMEOUT (see
@@ -11,6 +11,9 @@ Two changes to aiohttp's own, both below the application:
   aiohttp's per-connection call (a Python socket object and a system call) was about
   3% of the server's time per handshake in a py-spy profile. Until a runner's
   listening sockets have it, connections take aiohttp's own per-connection path.
+- An upgraded WebSocket can outlive its request handler
+  (:meth:`EchoRequestHandler.detach`, used by ``echo.fastpath.EchoResponse.detach``),
+  which frees aiohttp's per-request objects for the connection's life.
 """
 
 from __future__ import annotations
