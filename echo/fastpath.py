@@ -249,7 +249,7 @@ class EchoResponse(web.WebSocketResponse):
 
     # Slots, not instance attributes: past aiohttp's own attributes, an instance dict
     # stops sharing keys and grows by about 1.5 KiB per connection.
-    __slots__ = ("_beat_slot", "_beats", "_detached", "_frames", "_metrics")
+    __slots__ = ("_beat_slot", "_beats", "_frames", "_metrics")
 
     def __init__(
         self,
@@ -262,7 +262,6 @@ class EchoResponse(web.WebSocketResponse):
         self._beats = heartbeat
         self._beat_slot = 0
         self._frames: MaskedFramesOnly | None = None
-        self._detached = False
         self._metrics = metrics
 
     # The heartbeat is echo.heartbeat's shared timer, not one aiohttp timer per
@@ -381,7 +380,6 @@ class EchoResponse(web.WebSocketResponse):
         assert isinstance(self._reader, EchoQueue)
         protocol = request.protocol
         assert isinstance(protocol, EchoRequestHandler)
-        self._detached = True
         self._reader.wake = wake
         self._reader.ended = ended
         # What this response still asks of its request (transport, protocol), without
@@ -425,11 +423,11 @@ class EchoResponse(web.WebSocketResponse):
 
     async def write_eof(self) -> None:  # type: ignore[override]
         """aiohttp's closes the WebSocket as the handler returns: not once detached."""
-        if not self._detached:
+        if not isinstance(self._req, UpgradedRequest):
             await super().write_eof()
 
     def release(self) -> None:
-        """Once the handler is done: stop echoing and break our reference cycles.
+        """Once the connection is over: stop echoing and break our reference cycles.
 
         The queue points back at this response and its writer. Left in place, that
         cycle keeps the whole connection (request, protocol, transport, buffers) alive

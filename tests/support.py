@@ -81,11 +81,14 @@ def children(pid: int) -> set[int]:
     return found
 
 
-def run_server_briefly(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``echo-server`` with ``env`` in ``cwd`` until it exits (at most 30 s): for
-    start-up failures, whose status and stderr the caller checks."""
+def run_server_briefly(
+    env: dict[str, str], cwd: Path, module: str = "echo.server"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``echo-server`` (or another entry point, ``module``) with ``env`` in ``cwd``
+    until it exits (at most 30 s): for start-up failures, whose status and stderr the
+    caller checks."""
     return subprocess.run(
-        [sys.executable, "-m", "echo.server"],
+        [sys.executable, "-m", module],
         env=env,
         cwd=cwd,
         capture_output=True,

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,15 +157,7 @@ def test_client_ca_file_is_validated(pki: Pki, tmp_path: Path) -> None:
 
 def test_client_bad_ca_file_exits_2(tmp_path: Path) -> None:
     env = fast_client_env(WS_URL="wss://127.0.0.1:1/", TLS_CA_FILE=str(tmp_path / "none.pem"))
-    result = subprocess.run(
-        [sys.executable, "-m", "echo.client"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_server_briefly(env, tmp_path, module="echo.client")
     assert result.returncode == 2
     assert result.stderr.startswith("echo-client: invalid TLS_CA_FILE=")
     assert len(result.stderr.strip().splitlines()) == 1
