@@ -33,6 +33,7 @@ LOG_FORMATS = ("text", "json")
 MAX_MESSAGE_COUNT = 10**12
 MAX_WORKERS = 64
 MAX_CLIENT_MESSAGE_SIZE = 1 << 30
+MAX_PUSH_RATE = 1 << 30  # bytes per second a connection's pushes may ask for
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -150,6 +151,8 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
     metrics: bool = True
     workers: int = 1
+    controls: bool = True
+    push_max_rate: int = 1_048_576
 
     @property
     def tls(self) -> bool:
@@ -191,6 +194,8 @@ class ServerSettings:
             ),
             metrics=r.boolean("METRICS", True),
             workers=r.integer("WORKERS", 1, 1, MAX_WORKERS),
+            controls=r.boolean("CONTROLS", True),
+            push_max_rate=r.integer("PUSH_MAX_RATE", 1_048_576, 1, MAX_PUSH_RATE),
         )
 
 

@@ -102,6 +102,9 @@ def test_star_means_any_origin() -> None:
         ("ALLOWED_ORIGINS", "http://localhost:3000/"),
         ("ALLOWED_ORIGINS", "http://ok.example,http://bad.example:99999"),
         ("ALLOWED_ORIGINS", "http://user@host.example"),
+        ("CONTROLS", "maybe"),
+        ("PUSH_MAX_RATE", "0"),
+        ("PUSH_MAX_RATE", "1073741825"),
     ],
 )
 def test_bad_value_names_variable_value_and_expectation(name: str, value: str) -> None:
