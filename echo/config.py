@@ -37,6 +37,10 @@ MAX_PUSH_RATE = 1 << 30  # bytes per second a connection's pushes may ask for
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9._-]{0,253}")
+# RFC 6455 4.1: a subprotocol name is an HTTP token (RFC 9110 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+MAX_SUBPROTOCOLS = 64
 
 
 class ConfigError(ValueError):
@@ -153,6 +157,9 @@ class ServerSettings:
     workers: int = 1
     controls: bool = True
     push_max_rate: int = 1_048_576
+    instance_name: str = ""
+    subprotocols: tuple[str, ...] = ()
+    tls_client_ca_file: str = ""
 
     @property
     def tls(self) -> bool:
@@ -163,6 +170,7 @@ class ServerSettings:
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
         r = Reader(env)
         cert_file, key_file = read_tls_files(r)
+        client_ca_file = read_client_ca_file(r, cert_file, key_file)
         any_origin, origins = r.custom(
             "ALLOWED_ORIGINS",
             "http://localhost:3000,ws://localhost:8080",
@@ -196,6 +204,20 @@ class ServerSettings:
             workers=r.integer("WORKERS", 1, 1, MAX_WORKERS),
             controls=r.boolean("CONTROLS", True),
             push_max_rate=r.integer("PUSH_MAX_RATE", 1_048_576, 1, MAX_PUSH_RATE),
+            instance_name=r.custom(
+                "INSTANCE_NAME",
+                "",
+                parse_instance_name,
+                "up to 253 letters, digits, '.', '_' or '-'",
+            ),
+            subprotocols=r.custom(
+                "SUBPROTOCOLS",
+                "",
+                parse_subprotocols,
+                f"a comma-separated list of up to {MAX_SUBPROTOCOLS} subprotocol names "
+                "(HTTP tokens: letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+            tls_client_ca_file=client_ca_file,
         )
 
 
@@ -239,6 +261,44 @@ def read_tls_files(r: Reader) -> tuple[str, str]:
             "TLS_KEY_FILE", key, f"the PEM private key of TLS_CERT_FILE ({reason})"
         ) from None
     return cert, key
+
+
+def read_client_ca_file(r: Reader, cert_file: str, key_file: str) -> str:
+    """TLS_CLIENT_CA_FILE: empty (no client certificates asked for), or a readable PEM
+    file of the CA certificates that client certificates must verify against (mTLS),
+    only together with TLS_CERT_FILE and TLS_KEY_FILE."""
+    path = r.raw("TLS_CLIENT_CA_FILE", "")
+    if not path:
+        return ""
+    if not cert_file:
+        raise ConfigError(
+            "TLS_CLIENT_CA_FILE", path, "to be empty unless TLS_CERT_FILE and TLS_KEY_FILE are set"
+        )
+    problem = _unreadable(path)
+    if problem is not None:
+        raise ConfigError(
+            "TLS_CLIENT_CA_FILE", path, f"a readable PEM file of CA certificates ({problem})"
+        )
+    try:
+        server_context(cert_file, key_file, path)
+    except (ssl.SSLError, OSError):
+        raise ConfigError("TLS_CLIENT_CA_FILE", path, "a PEM file of CA certificates") from None
+    return path
+
+
+def parse_instance_name(text: str) -> str:
+    """INSTANCE_NAME: a name safe to show anywhere (a pod or host name), or empty."""
+    if not _INSTANCE_NAME.fullmatch(text):
+        raise ValueError(text)
+    return text
+
+
+def parse_subprotocols(text: str) -> tuple[str, ...]:
+    """SUBPROTOCOLS: comma-separated HTTP tokens, in the server's order; empty = none."""
+    names = tuple(item.strip() for item in text.split(",") if item.strip())
+    if len(names) > MAX_SUBPROTOCOLS or not all(_TOKEN.fullmatch(name) for name in names):
+        raise ValueError(text)
+    return names
 
 
 def read_ca_file(r: Reader) -> str:

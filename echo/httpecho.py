@@ -7,21 +7,36 @@ server forwarded. Credentials are not reflected: the values of Authorization,
 Proxy-Authorization and Cookie are masked (the auth scheme and cookie names are kept).
 Bodies are bounded by MAX_MESSAGE_SIZE (413 beyond) and must arrive within
 HANDSHAKE_TIMEOUT (408 otherwise).
+
+The text starts with one line naming the instance that answered (host, INSTANCE_NAME,
+process), so a person behind a load balancer sees which backend it was. A request that
+asks for JSON (``?format=json`` or ``Accept: application/json``) gets the connection
+info of echo.info instead: the same request, as fields.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
+
+if TYPE_CHECKING:
+    from echo.info import InfoBuilder
 
 MASK = b"[masked]"
 # Paths with a handler of their own; another method on them is 405, not an echo.
 RESERVED_PATHS = frozenset({"/", "/healthz", "/metrics", "/page.js", "/page.css"})
 _AUTH_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
 _COOKIE = re.compile(rb"^\s*([^=;\s]+)\s*=")
+_HEADERS = {
+    hdrs.CACHE_CONTROL: "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 
 def mask_header(name: bytes, value: bytes) -> bytes:
@@ -39,22 +54,62 @@ def mask_header(name: bytes, value: bytes) -> bytes:
     return value
 
 
-def render(request: web.BaseRequest, body: bytes) -> bytes:
-    """Request line, headers (credentials masked), a blank line, then the body."""
+def is_upgrade(request: web.BaseRequest) -> bool:
+    """Whether ``request`` asks for a WebSocket (a GET with ``Upgrade: websocket``)."""
+    return (
+        request.method == hdrs.METH_GET
+        and request.headers.get(hdrs.UPGRADE, "").strip().lower() == "websocket"
+    )
+
+
+def wants_json(request: web.BaseRequest) -> bool:
+    """Whether a plain HTTP request asks for the connection info as JSON:
+    ``?format=json``, or ``application/json`` among the media ranges of its Accept
+    header (unless with ``q=0``)."""
+    if request.rel_url.query.get("format") == "json":
+        return True
+    for accept in request.headers.getall(hdrs.ACCEPT, ()):
+        for item in accept.split(","):
+            media, *params = item.split(";")
+            if media.strip().lower() == "application/json" and _quality(params) > 0:
+                return True
+    return False
+
+
+def _quality(params: list[str]) -> float:
+    for param in params:
+        name, _, value = param.strip().partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def render(request: web.BaseRequest, body: bytes, first_line: str = "") -> bytes:
+    """``first_line`` (the instance line), the request line, headers (credentials
+    masked), a blank line, then the body."""
     version = f"HTTP/{request.version.major}.{request.version.minor}"
-    lines = [f"{request.method} {request.raw_path} {version}".encode("latin-1", "replace")]
+    lines = [first_line.encode("ascii", "backslashreplace")] if first_line else []
+    lines.append(f"{request.method} {request.raw_path} {version}".encode("latin-1", "replace"))
     lines.extend(name + b": " + mask_header(name, value) for name, value in request.raw_headers)
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 @dataclass(frozen=True, slots=True)
 class HttpEcho:
-    """The catch-all handler, with the body limits it enforces."""
+    """The catch-all handler, with the body limits it enforces and what describes the
+    request (``info``: the instance line and the JSON answer; without it, neither)."""
 
     max_body: int
     read_timeout: float
+    info: InfoBuilder | None = None
+    websocket: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.websocket is not None and is_upgrade(request):
+            return await self.websocket(request)  # a WebSocket is served on any path
         if request.path in RESERVED_PATHS:
             return self._reserved(request)
         length = request.content_length
@@ -65,14 +120,13 @@ class HttpEcho:
                 body = await request.read()  # 413 beyond client_max_size, also when chunked
         except TimeoutError:
             raise web.HTTPRequestTimeout(text="request body too slow\n") from None
+        if self.info is not None and wants_json(request):
+            described = self.info.describe(request)
+            described["body_size"] = len(body)
+            return web.json_response(described, headers=_HEADERS)
+        first_line = self.info.instance.line() if self.info is not None else ""
         return web.Response(
-            body=render(request, body),
-            content_type="text/plain",
-            headers={
-                hdrs.CACHE_CONTROL: "no-store",
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "default-src 'none'; sandbox",
-            },
+            body=render(request, body, first_line), content_type="text/plain", headers=_HEADERS
         )
 
     @staticmethod
@@ -84,10 +138,18 @@ class HttpEcho:
         raise web.HTTPMethodNotAllowed(request.method, [hdrs.METH_GET, hdrs.METH_HEAD])
 
 
-def add_http_echo(app: web.Application, max_body: int, read_timeout: float) -> None:
+def add_http_echo(
+    app: web.Application,
+    max_body: int,
+    read_timeout: float,
+    *,
+    info: InfoBuilder | None = None,
+    websocket: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
+) -> None:
     """Register the catch-all route; paths registered on ``app`` keep their handlers.
 
     ``app``'s ``client_max_size`` must be ``max_body`` (it bounds ``request.read()``).
+    A WebSocket upgrade on any of its paths goes to ``websocket``.
     """
-    echo = HttpEcho(max_body, read_timeout)
+    echo = HttpEcho(max_body, read_timeout, info, websocket)
     app.router.add_route("*", "/{tail:.*}", echo.handle)

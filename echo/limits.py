@@ -15,6 +15,9 @@ class Refusal(Enum):
     ORIGIN = "origin"
     LIMIT = "limit"
     PER_IP_LIMIT = "per_ip_limit"
+    CONTROLS = "controls"  # bad test controls in the query string (400)
+    STATUS_CONTROL = "status_control"  # the status control asked for the refusal
+    CLIENT_CERTIFICATE = "client_certificate"  # mTLS: no or an unverifiable certificate
 
 
 class ConnectionLimiter:

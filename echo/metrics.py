@@ -170,7 +170,8 @@ class Metrics(Collector):
         )
         refused = CounterMetricFamily(
             "echo_handshakes_refused",
-            "Handshakes refused (origin 403, limit 503, per_ip_limit 429) or cut off "
+            "Handshakes refused (origin 403, limit 503, per_ip_limit 429, controls 400, "
+            "status_control as asked, client_certificate in the TLS handshake) or cut off "
             "before a complete request (handshake_timeout)",
             labels=["reason"],
         )

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -23,10 +24,12 @@ from aiohttp import WSMsgType, hdrs, web
 
 from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
+from echo.controls import ControlError, ControlRules, Controls, has_query
 from echo.eventloop import loop_factory
 from echo.fastpath import EchoResponse
 from echo.heartbeat import Heartbeat
-from echo.httpecho import add_http_echo
+from echo.httpecho import add_http_echo, is_upgrade, wants_json
+from echo.info import InfoBuilder, Instance
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
 from echo.metrics import Metrics, add_metrics
@@ -38,6 +41,7 @@ from echo.text import preview
 from echo.tls import TLSSite, server_context
 
 log = logging.getLogger("echo.server")
+SUBPROTOCOL_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 6455 4.1)
 
 RETRY_AFTER_SECONDS = 1
 CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close frame after sending ours
@@ -104,28 +108,62 @@ class EchoServer:
             if settings.metrics
             else None
         )
+        self.info = InfoBuilder(
+            Instance.here(settings.instance_name, settings.workers), self.client_address
+        )
+        self.control_rules = ControlRules(
+            settings.controls, settings.max_message_size, settings.push_max_rate
+        )
 
     # -- HTTP routes ------------------------------------------------------------------
 
     async def root(self, request: web.Request) -> web.StreamResponse:
-        """``GET /``: the WebSocket echo, or the browser console for a plain GET.
+        """``GET /``: the WebSocket echo, or for a plain GET the browser console (the
+        connection info when JSON is asked for)."""
+        if is_upgrade(request):
+            return await self.websocket(request)
+        if wants_json(request):
+            return web.json_response(
+                self.info.describe(request), headers={hdrs.CACHE_CONTROL: "no-store"}
+            )
+        return request.app[PAGE_KEY].index(request)
 
-        Admission, upgrade, then (under echo.runner's protocol) the connection is
-        detached and this returns: the fast path echoes, ``_wake`` serves what it
-        cannot, ``_ended`` books the end (echo.fastpath). Under aiohttp's own
-        protocol (adev's dev server) it serves until the connection ends.
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket upgrade, on any path.
+
+        Admission (origin, test controls, limits), upgrade, then (under echo.runner's
+        protocol) the connection is detached and this returns: the fast path echoes,
+        ``_wake`` serves what it cannot, ``_ended`` books the end (echo.fastpath).
+        Under aiohttp's own protocol (adev's dev server) it serves until the
+        connection ends.
         """
-        if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
-            return request.app[PAGE_KEY].index(request)
         origin = request.headers.get(hdrs.ORIGIN)
         if not self.origin_allowed(origin, request):
             return self.refuse(request, Refusal.ORIGIN, origin)
+        controls: Controls | None = None
+        query = request.rel_url.raw_query_string
+        if has_query(query):  # the only cost of controls on a connection without them
+            try:
+                controls = self.control_rules.parse(query)
+            except ControlError as error:  # the reason is the body: the client sees why
+                return self.refuse(
+                    request, Refusal.CONTROLS, origin, answer=(400, str(error)), retry_after=None
+                )
+            if controls is not None and controls.status is not None:
+                return self.refuse(
+                    request,
+                    Refusal.STATUS_CONTROL,
+                    origin,
+                    answer=(controls.status, "refused as the status control asked"),
+                    retry_after=controls.retry_after,
+                )
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
             return self.refuse(request, refusal, origin)
         try:
             ws = EchoResponse(
+                protocols=select_subprotocol(request, self.settings.subprotocols),
                 autoping=True,
                 autoclose=False,
                 heartbeat=self.heartbeat,
@@ -182,7 +220,7 @@ class EchoServer:
 
     # -- admission --------------------------------------------------------------------
 
-    def client_address(self, request: web.Request) -> str:
+    def client_address(self, request: web.BaseRequest) -> str:
         """The peer, or the client a trusted proxy forwarded for (TRUSTED_PROXIES)."""
         if not self.proxies.networks:  # no proxy is trusted: the peer, without a lookup
             return request.remote or "unknown"
@@ -209,19 +247,34 @@ class EchoServer:
         forwarded = request.headers.getall(hdrs.X_FORWARDED_PROTO, [])
         return own_origin(self.proxies.scheme(request.remote, request.scheme, forwarded), host)
 
-    def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
-        status, text = _REFUSAL_STATUS[reason]
+    def refuse(
+        self,
+        request: web.Request,
+        reason: Refusal,
+        origin: str | None,
+        *,
+        answer: tuple[int, str] | None = None,
+        retry_after: int | None = RETRY_AFTER_SECONDS,
+    ) -> web.Response:
+        """Turn the handshake away: count it, log one line, answer ``answer`` (status
+        and one line of text; by default the reason's own)."""
+        status, text = _REFUSAL_STATUS[reason] if answer is None else answer
         if self.metrics is not None:
             self.metrics.refusal(reason.value)
         remote = self.client_address(request)
         log.info(
-            "refused remote=%s origin=%s reason=%s",
+            "refused remote=%s origin=%s reason=%s status=%d",
             remote,
             "-" if origin is None else preview(origin),
             reason.value,
-            extra=event("refused", remote=remote, origin=clip(origin), reason=reason.value),
+            status,
+            extra=event(
+                "refused", remote=remote, origin=clip(origin), reason=reason.value, status=status
+            ),
         )
-        headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
+        headers = {}
+        if reason is not Refusal.ORIGIN and retry_after is not None:
+            headers[hdrs.RETRY_AFTER] = str(retry_after)
         return web.Response(status=status, text=text + "\n", headers=headers)
 
     def _wake(self, ws: EchoResponse, conn: Connection) -> None:
@@ -381,6 +434,23 @@ class EchoServer:
             )
 
 
+def select_subprotocol(request: web.BaseRequest, configured: tuple[str, ...]) -> tuple[str, ...]:
+    """The subprotocol the upgrade will select, as the ``protocols`` aiohttp takes.
+
+    With SUBPROTOCOLS set, the first the client offers that is on the list (aiohttp's
+    own rule); empty, the client's first offer, so clients that insist on one work.
+    aiohttp reads only the first Sec-WebSocket-Protocol header; so does this.
+    """
+    offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
+    if offered is None:
+        return ()
+    names = [name.strip() for name in offered.split(",")]
+    if configured:
+        return next(((name,) for name in names if name in configured), ())
+    first = names[0]
+    return (first,) if SUBPROTOCOL_NAME.fullmatch(first) else ()
+
+
 class ListenError(RuntimeError):
     """The listening socket could not be opened (address in use, no permission)."""
 
@@ -401,7 +471,13 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app.router.add_get("/healthz", server.healthz)
     if server.metrics is not None:
         add_metrics(app, server.metrics)
-    add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
+    add_http_echo(  # keep it last
+        app,
+        settings.max_message_size,
+        settings.handshake_timeout,
+        info=server.info,
+        websocket=server.websocket,
+    )
     app.cleanup_ctx.append(server.beating)
     app.on_shutdown.append(server.shutdown)
     return app
@@ -465,7 +541,9 @@ async def start_site(runner: web.AppRunner, settings: ServerSettings) -> None:
     """Listen on HOST:PORT (TLS if configured) and serve ``runner``'s app there."""
     site: web.TCPSite
     if settings.tls:
-        context = server_context(settings.tls_cert_file, settings.tls_key_file)
+        context = server_context(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        )
         site = TLSSite(
             runner,
             settings.host,

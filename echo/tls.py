@@ -22,15 +22,49 @@ def _refuse_password() -> str:
     raise EncryptedKeyError("the private key is encrypted")
 
 
-def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+class EchoSSLObject(ssl.SSLObject):
+    """The TLS state of one server connection, with the server name the client asked
+    for (SNI), which Python's SSLObject does not keep on the server side.
+
+    Installed through ``SSLContext.sslobject_class``, the documented way to have
+    ``wrap_bio`` (what asyncio's and uvloop's TLS transports call) return a subclass.
+    """
+
+    server_name: str | None = None
+
+
+def _note_server_name(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _context: ssl.SSLContext
+) -> None:
+    """``sni_callback``: keep the requested name for the connection info."""
+    if isinstance(ssl_object, EchoSSLObject):
+        ssl_object.server_name = server_name
+
+
+def server_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
     """A server context with ``cert_file`` (PEM, chain allowed) and its ``key_file``.
 
+    With ``client_ca_file`` (PEM CA certificates) the server asks every client for a
+    certificate and completes the handshake only with one that verifies against it
+    (mutual TLS); anything else ends in a TLS alert. ALPN offers ``http/1.1``, the only
+    protocol served, so clients that offer it see it selected. The SNI name a client
+    sends is kept on the connection's :class:`EchoSSLObject`.
+
     Raises OSError if a file cannot be read, ssl.SSLError if they are not a PEM
-    certificate and the matching private key, EncryptedKeyError if the key is encrypted.
+    certificate and the matching private key (or ``client_ca_file`` holds no CA
+    certificate), EncryptedKeyError if the key is encrypted.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file, password=_refuse_password)
+    context.set_alpn_protocols(["http/1.1"])
+    context.sslobject_class = EchoSSLObject
+    context.sni_callback = _note_server_name
+    if client_ca_file:
+        context.load_verify_locations(cafile=client_ca_file)
+        if not context.get_ca_certs():
+            raise ssl.SSLError(f"no CA certificate in {client_ca_file}")
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 

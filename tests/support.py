@@ -36,9 +36,11 @@ SERVER_VARIABLES = [
     "WORKERS",
     "CONTROLS",
     "PUSH_MAX_RATE",
+    "INSTANCE_NAME",
+    "SUBPROTOCOLS",
 ]
 # Only together, and naming files: their rules are tested in tests/test_tls.py.
-TLS_SERVER_VARIABLES = ["TLS_CERT_FILE", "TLS_KEY_FILE"]
+TLS_SERVER_VARIABLES = ["TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE"]
 CLIENT_VARIABLES = [
     "WS_URL",
     "RECONNECT_INTERVAL",

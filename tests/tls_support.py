@@ -26,6 +26,16 @@ class Pki:
     key: Path
     other_key: Path  # the key of a different certificate
     encrypted_key: Path  # ``key``, encrypted with a passphrase
+    client: Path  # a client certificate issued by ``ca`` and its key, one PEM file
+    stranger: Path  # a client certificate and key from another CA
+
+
+def client_cert_context(pki: Pki, certificate: Path | None = None) -> ssl.SSLContext:
+    """A client context trusting ``pki.ca`` that presents ``certificate`` (cert and key)."""
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if certificate is not None:
+        context.load_cert_chain(str(certificate))
+    return context
 
 
 def make_pki(tmp_path: Path) -> Pki:
@@ -38,6 +48,14 @@ def make_pki(tmp_path: Path) -> Pki:
         key=tmp_path / "key.pem",
         other_key=tmp_path / "other-key.pem",
         encrypted_key=tmp_path / "encrypted-key.pem",
+        client=tmp_path / "client.pem",
+        stranger=tmp_path / "stranger.pem",
+    )
+    ca.issue_cert(
+        "client@example.test", common_name="echo test client"
+    ).private_key_and_cert_chain_pem.write_to_path(str(files.client))
+    trustme.CA().issue_cert("client@example.test").private_key_and_cert_chain_pem.write_to_path(
+        str(files.stranger)
     )
     ca.cert_pem.write_to_path(str(files.ca))
     issued.cert_chain_pems[0].write_to_path(str(files.cert))
@@ -57,7 +75,21 @@ def make_pki(tmp_path: Path) -> Pki:
 def start_tls_server(start: ServerStarter, pki: Pki, **variables: str) -> ServerProcess:
     """A server subprocess with the ``pki`` certificate, ready once https://…/healthz answers."""
     server = start(ready=False, TLS_CERT_FILE=str(pki.cert), TLS_KEY_FILE=str(pki.key), **variables)
-    wait_tls_ready(server, ssl.create_default_context(cafile=str(pki.ca)))
+    wait_tls_ready(server, client_cert_context(pki))
+    return server
+
+
+def start_mtls_server(start: ServerStarter, pki: Pki, **variables: str) -> ServerProcess:
+    """A TLS server subprocess that asks for client certificates issued by ``pki.ca``
+    (TLS_CLIENT_CA_FILE), ready once it answers a client presenting ``pki.client``."""
+    server = start(
+        ready=False,
+        TLS_CERT_FILE=str(pki.cert),
+        TLS_KEY_FILE=str(pki.key),
+        TLS_CLIENT_CA_FILE=str(pki.ca),
+        **variables,
+    )
+    wait_tls_ready(server, client_cert_context(pki, pki.client))
     return server
 
 

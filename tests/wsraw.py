@@ -59,10 +59,10 @@ class RawWebSocket:
         self.writer = writer
 
     @staticmethod
-    def upgrade_request(host: str, port: int, origin: str | None = None) -> bytes:
+    def upgrade_request(host: str, port: int, origin: str | None = None, path: str = "/") -> bytes:
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
-            "GET / HTTP/1.1",
+            f"GET {path} HTTP/1.1",
             f"Host: {host}:{port}",
             "Upgrade: websocket",
             "Connection: Upgrade",
@@ -75,10 +75,16 @@ class RawWebSocket:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, origin: str | None = None, timeout: float = 5.0
+        cls,
+        host: str,
+        port: int,
+        origin: str | None = None,
+        timeout: float = 5.0,
+        *,
+        path: str = "/",
     ) -> RawWebSocket:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        writer.write(cls.upgrade_request(host, port, origin))
+        writer.write(cls.upgrade_request(host, port, origin, path))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         status = head.split(b"\r\n", 1)[0]
         if b" 101 " not in status:
