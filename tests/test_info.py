@@ -23,6 +23,7 @@ from tests.test_httpecho import raw_request
 from tests.tls_support import (
     Pki,
     client_cert_context,
+    let_tls_close,
     make_pki,
     start_mtls_server,
     start_tls_server,
@@ -207,6 +208,7 @@ async def test_tls_details_sni_and_alpn(server_process: ServerStarter, pki: Pki)
         f"https://127.0.0.1:{server.port}/t?format=json", ssl=client_cert_context(pki)
     )
     assert (info["tls"]["sni"], info["tls"]["alpn"]) == (None, None)
+    await let_tls_close()
 
 
 async def test_mtls_admits_a_verified_client_and_shows_its_certificate(
@@ -225,6 +227,7 @@ async def test_mtls_admits_a_verified_client_and_shows_its_certificate(
         ) as ws:
             await ws.send_str("mutual")
             assert await ws.receive_str(timeout=5) == "mutual"
+    await let_tls_close()
 
 
 @pytest.mark.parametrize("who", ["no certificate", "another CA's certificate"])
@@ -240,6 +243,7 @@ async def test_mtls_refuses_other_clients_in_the_tls_handshake(
                 ssl=client_cert_context(pki, certificate),
             ) as response:
                 await response.read()
+    await let_tls_close()
     assert "open id=" not in server.log()
 
 
