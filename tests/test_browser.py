@@ -210,3 +210,30 @@ async def test_page_over_https_connects_with_wss(
         await context.close()
     # Admitted by the same-origin rule, with the https origin of the page.
     assert f"origin='{origin}'" in server.log()
+
+
+async def test_behaviour_panel_builds_the_url_and_offers_a_subprotocol(
+    page: Page, server_process: StartServer
+) -> None:
+    server = server_process(**DEFAULT_ORIGINS)
+    await open_console(page, server.http + "/")
+    await expect(page.get_by_role("status")).to_have_text("open")
+    panel = page.get_by_role("region", name="Behaviour")
+    await panel.get_by_label("Close after (messages)").fill("3")
+    await panel.get_by_label("Close reason").fill("see you")
+    await panel.get_by_label("Info as the first message").check()
+    await panel.get_by_label("Subprotocol").fill("chat.v1")
+    url = page.locator("#control-url")
+    await expect(url).to_have_text(
+        f"ws://127.0.0.1:{server.port}/?close_after=3&close_reason=see+you&info"
+        "  (subprotocol chat.v1)"
+    )
+    await panel.get_by_label("Close after (messages)").fill("")
+    await panel.get_by_label("Close reason").fill("")
+    await panel.get_by_label("Info as the first message").uncheck()
+    await expect(url).to_have_text(f"ws://127.0.0.1:{server.port}/  (subprotocol chat.v1)")
+    await panel.get_by_role("button", name="Connect with these").click()
+    connected = page.get_by_role("log").locator("li.event", has_text="connected")
+    await expect(connected).to_have_count(2)
+    await expect(connected.last).to_contain_text("subprotocol chat.v1")
+    await expect(page.get_by_role("status")).to_have_text("open")

@@ -1,6 +1,8 @@
 // The echo console: one WebSocket to the server that served this page (or to the
 // ws:// or wss:// URL given as ?url=), a log of what went each way, and reconnection
-// with exponential back-off. No dependencies; everything shown goes through textContent.
+// with exponential back-off. The Behaviour panel adds test controls to the URL's query
+// string (and a subprotocol to offer). No dependencies; everything shown goes through
+// textContent.
 "use strict";
 
 const LOG_LIMIT = 500;          // entries kept in the log; older ones are dropped
@@ -22,8 +24,14 @@ const ui = {
   target: $("target"), state: $("state"), notice: $("notice"), log: $("log"),
   connect: $("connect"), disconnect: $("disconnect"), reconnect: $("reconnect"),
   message: $("message"), send: $("send"), file: $("file"), sendFile: $("send-file"),
-  clear: $("clear"),
+  clear: $("clear"), controlUrl: $("control-url"), apply: $("apply"),
+  subprotocol: $("c-subprotocol"),
 };
+// Behaviour panel fields and the test control each one sets (README, "Test controls").
+const CONTROL_FIELDS = [
+  ["c-close-after", "close_after"], ["c-close-code", "close_code"],
+  ["c-close-reason", "close_reason"], ["c-drop-after", "drop_after"], ["c-delay", "delay"],
+];
 
 const target = targetUrl();
 let socket = null;
@@ -32,6 +40,8 @@ let pending = [];            // send times of messages not yet echoed, oldest fi
 let retryTimer = null;
 let failures = 0;            // consecutive failed attempts, for the back-off
 let wanted = true;           // false after Disconnect: do not reconnect
+let connectUrl = target;     // target with the Behaviour panel's controls
+let reconnectNow = false;    // the panel asked for a new connection: no back-off
 
 function targetUrl() {
   const given = new URLSearchParams(location.search).get("url");
@@ -52,6 +62,39 @@ function httpOrigin(url) {
 
 function sameOrigin() {
   return httpOrigin(target) === location.origin;
+}
+
+// The target URL with the panel's controls in its query string (they replace the
+// same names already there); the server checks every value and refuses bad ones.
+function controlledUrl() {
+  const url = new URL(target.href);
+  for (const [id, name] of CONTROL_FIELDS) {
+    const value = $(id).value.trim();
+    if (value !== "") url.searchParams.set(name, value);
+    else url.searchParams.delete(name);
+  }
+  if ($("c-info").checked) url.searchParams.set("info", "");
+  else url.searchParams.delete("info");
+  url.search = url.searchParams.toString().replace(/(^|&)info=(?=&|$)/, "$1info");
+  return url;
+}
+
+function showControlUrl() {
+  if (target === null) return;
+  const url = controlledUrl();
+  const protocol = ui.subprotocol.value.trim();
+  ui.controlUrl.textContent = url.href + (protocol ? `  (subprotocol ${protocol})` : "");
+}
+
+function applyControls() {
+  connectUrl = controlledUrl();
+  wanted = true;
+  if (socket) {
+    reconnectNow = true;
+    socket.close(1000, "reconnecting with new controls");
+  } else {
+    connect();
+  }
 }
 
 // -- log ------------------------------------------------------------------------------
@@ -117,6 +160,7 @@ function setState(state, text) {
   ui.disconnect.disabled = !busy && retryTimer === null;
   ui.send.disabled = state !== "open";
   ui.sendFile.disabled = state !== "open";
+  ui.apply.disabled = target === null;
 }
 
 function notify(text) {
@@ -134,10 +178,11 @@ function connect() {
   opened = false;
   pending = [];
   let ws;
+  const protocol = ui.subprotocol.value.trim();
   try {
-    ws = new WebSocket(target.href);
+    ws = protocol ? new WebSocket(connectUrl.href, [protocol]) : new WebSocket(connectUrl.href);
   } catch (error) {
-    notify(`Cannot open ${target.href}: ${error.message}`);
+    notify(`Cannot open ${connectUrl.href}: ${error.message}`);
     addEntry("event", "failed", undefined, error.message);
     setState("closed");
     return;
@@ -150,7 +195,8 @@ function connect() {
     failures = 0;
     notify("");
     setState("open");
-    addEntry("event", "connected", target.href);
+    addEntry("event", "connected", connectUrl.href,
+      ws.protocol ? `subprotocol ${ws.protocol}` : undefined);
   });
   ws.addEventListener("message", (event) => {
     const sentAt = pending.shift();
@@ -168,8 +214,14 @@ function connect() {
       addEntry("event", "closed", undefined,
         `code ${event.code}${name ? " " + name : ""}${reason}${event.wasClean ? "" : ", not clean"}`);
     } else {
-      addEntry("event", "connection failed", target.href);
+      addEntry("event", "connection failed", connectUrl.href);
       explainFailure();
+    }
+    if (reconnectNow) {
+      reconnectNow = false;
+      failures = 0;
+      connect();
+      return;
     }
     failures += 1;
     scheduleReconnect();
@@ -214,7 +266,8 @@ async function explainFailure() {
           `${status.max_connections} connections open).`;
       } else {
         text = "Refused by the server: too many connections from your address, " +
-          `or origin ${attemptedFrom} not allowed.`;
+          `or origin ${attemptedFrom} not allowed` +
+          (connectUrl.search ? ", or a test control in the URL was refused (HTTP 400)." : ".");
       }
     } catch (_) {
       text = `Cannot reach the server at ${target.href}.`;
@@ -285,6 +338,10 @@ ui.disconnect.addEventListener("click", disconnect);
 ui.send.addEventListener("click", sendMessage);
 ui.sendFile.addEventListener("click", sendFile);
 ui.clear.addEventListener("click", () => ui.log.replaceChildren());
+ui.apply.addEventListener("click", applyControls);
+for (const [id] of [...CONTROL_FIELDS, ["c-subprotocol"], ["c-info"]]) {
+  $(id).addEventListener("input", showControlUrl);
+}
 ui.message.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) sendMessage();
 });
@@ -302,5 +359,6 @@ if (target === null) {
   setState("closed");
 } else {
   ui.target.textContent = target.href;
+  showControlUrl();
   connect();
 }
