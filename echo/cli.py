@@ -8,10 +8,13 @@ reference an installed copy carries, since README.md and .env.example are not in
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 from importlib import metadata
 
 from echo.variables import Variable, help_listing
+
+WIDTH = 79  # columns of --help
 
 
 def version() -> str:
@@ -30,8 +33,8 @@ def command_line(
     """A parser with ``--version``, optionally ``--check-config``, and the variables listed."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=description,
-        epilog="environment variables (name=default):\n" + help_listing(variables),
+        description=textwrap.fill(" ".join(description.split()), WIDTH),
+        epilog="environment variables (name=default):\n" + help_listing(variables, WIDTH),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{prog} {version()}")

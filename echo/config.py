@@ -134,6 +134,7 @@ def parse_host(text: str) -> str:
     raise ValueError(text)
 
 
+ORIGIN_EXPECTED = "scheme://host[:port], where host may start with '*.' (one label)"
 OriginRules = tuple[bool, frozenset[Origin], tuple[OriginPattern, ...]]
 
 
@@ -148,7 +149,7 @@ def parse_origins(text: str) -> OriginRules:
         try:
             entry = parse_allowed_origin(item)
         except ValueError:
-            raise Invalid(entry=(item, position, len(items))) from None
+            raise Invalid(ORIGIN_EXPECTED, (item, position, len(items))) from None
         if isinstance(entry, OriginPattern):
             patterns.append(entry)
         else:
@@ -208,7 +209,7 @@ SERVER_VARIABLES: tuple[Variable, ...] = (
         "",
         "host names (or *.example.com) under which a page of this server is admitted "
         "without being in ALLOWED_ORIGINS; IP addresses and localhost always are",
-        listed(parse_host_pattern, "a comma-separated list of host names or *.name"),
+        listed(parse_host_pattern, "a host name or *.name (at least two labels after *.)"),
     ),
     variable("MAX_CONNECTIONS", "100", "WebSocket connections open at once", integer(1, 1_000_000)),
     variable(
@@ -268,7 +269,7 @@ SERVER_VARIABLES: tuple[Variable, ...] = (
         "",
         "IP addresses or CIDR networks of reverse proxies whose X-Forwarded-For and "
         "X-Forwarded-Proto are believed, comma-separated",
-        listed(parse_network, "a comma-separated list of IP addresses or CIDR networks"),
+        listed(parse_network, "an IP address or CIDR network"),
     ),
 )
 

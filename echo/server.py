@@ -573,11 +573,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-SERVER_HELP = """\
-Secure WebSocket echo server: every message sent to ws://HOST:PORT/ comes back
-unchanged. It also serves a browser console at http://HOST:PORT/, /healthz and
-/metrics. Configured by environment variables, also read from a .env file in the
-working directory (the environment wins). Durations are in milliseconds."""
+SERVER_HELP = """Secure WebSocket echo server: every message sent to ws://HOST:PORT/ comes
+back unchanged. It also serves a browser console at http://HOST:PORT/, /healthz and
+/metrics. Configured by environment variables, also read from a .env file in the working
+directory (the environment wins). Durations are in milliseconds."""
 
 
 if __name__ == "__main__":

@@ -128,9 +128,9 @@ def choice(*choices: str) -> Kind:
 
 
 def listed(
-    parse_item: Callable[[str], Any], expected: str, show_item: Callable[[Any], str] = str
+    parse_item: Callable[[str], Any], item_expected: str, show_item: Callable[[Any], str] = str
 ) -> Kind:
-    """A comma-separated list (empty items skipped) whose bad item is named in the error."""
+    """A comma-separated list (empty items skipped); an error names the bad item."""
 
     def parse(text: str) -> tuple[Any, ...]:
         items = [item.strip() for item in text.split(",") if item.strip()]
@@ -139,9 +139,10 @@ def listed(
             try:
                 values.append(parse_item(item))
             except ValueError:
-                raise Invalid(entry=(item, position, len(items))) from None
+                raise Invalid(item_expected, (item, position, len(items))) from None
         return tuple(values)
 
+    expected = f"a comma-separated list of entries, each {item_expected}"
     return Kind(parse, expected, lambda values: ",".join(show_item(v) for v in values))
 
 
@@ -233,7 +234,7 @@ def effective(variables: Iterable[Variable], settings: object) -> list[tuple[str
     return [(var.name, var.shown(settings)) for var in variables]
 
 
-def help_listing(variables: Sequence[Variable], width: int = 100) -> str:
+def help_listing(variables: Sequence[Variable], width: int = 79) -> str:
     """``--help``'s list: every variable with its default, its flag, and what it does."""
     lines = []
     for var in variables:
