@@ -59,8 +59,8 @@ def app_factory() -> web.Application:
     configure_logging(settings.log_level, settings.log_format)
     for warning in env_file_warnings():
         log.warning("%s", warning, extra=event("config_warning", warning=warning))
-    log_settings(settings)
-    log.info("under adev: HOST and PORT are adev's (--port, --aux-port; all interfaces)")
+    # adev decides where it listens: all interfaces, its --port and --aux-port.
+    log_settings(settings, omit=("HOST", "PORT", "WORKERS"))
     return create_app(settings, development_options())
 
 

@@ -486,9 +486,9 @@ def log_listening(settings: ServerSettings, host: str, port: int) -> None:
     )
 
 
-def log_settings(settings: ServerSettings) -> None:
+def log_settings(settings: ServerSettings, omit: tuple[str, ...] = ()) -> None:
     """One line with every setting in effect (secrets hidden; file names, not contents)."""
-    pairs = settings.effective()
+    pairs = [(name, value) for name, value in settings.effective() if name not in omit]
     log.info(
         "settings %s",
         " ".join(f"{name}={value}" for name, value in pairs),
