@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import logging
-import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +13,14 @@ import pytest
 from echo.config import parse_origins
 from echo.origins import parse_origin
 from echo.server import SERVER_KEY
-from tests.support import ServerFactory, ServerProcess, clean_env, free_port, wait_until
+from tests.support import (
+    ServerFactory,
+    ServerProcess,
+    clean_env,
+    free_port,
+    raw_handshake,
+    wait_until,
+)
 from tests.wsraw import OP_TEXT, RawWebSocket
 
 ORIGINS = frozenset(
@@ -53,33 +56,6 @@ async def handshake_status(url: str, origin: str | None) -> int:
 async def test_origin_allow_list(start_app: ServerFactory, origin: str | None, status: int) -> None:
     server = await start_app(any_origin=False, allowed_origins=ORIGINS, allow_missing_origin=False)
     assert await handshake_status(str(server.make_url("/")), origin) == status
-
-
-async def raw_handshake(port: int, headers: list[tuple[str, str]]) -> tuple[int, bytes, bytes]:
-    """Status, head and body of an upgrade request with exactly ``headers`` (and the key)."""
-    lines = [
-        "GET / HTTP/1.1",
-        *(f"{name}: {value}" for name, value in headers),
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
-        "Sec-WebSocket-Version: 13",
-    ]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        status = int(head.split(b" ", 2)[1])
-        body = b""
-        if status != 101:
-            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-            assert length is not None, head
-            body = await asyncio.wait_for(reader.readexactly(int(length[1])), 5)
-        return status, head, body
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 @pytest.mark.parametrize(
