@@ -404,9 +404,11 @@ async def hide_versions(_request: web.Request, response: web.StreamResponse) -> 
     """``on_response_prepare``: name no Python or aiohttp version in ``Server``.
 
     aiohttp sets ``Server: Python/3.x aiohttp/3.y`` unless the header is already there
-    when the response is prepared, which is when this runs.
+    when the response is prepared, which is when this runs. A 101 is the engine's: the
+    fast path's carries only the handshake's headers.
     """
-    response.headers[hdrs.SERVER] = SERVER_SOFTWARE
+    if response.status != 101:
+        response.headers[hdrs.SERVER] = SERVER_SOFTWARE
 
 
 def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web.Application:
@@ -487,6 +489,16 @@ def log_listening(settings: ServerSettings, host: str, port: int) -> None:
     )
 
 
+def announce(settings: ServerSettings, addresses: list[tuple[str, int]]) -> None:
+    """Once listening: the settings line, then a "listening on" line per address.
+
+    Not before: a server that cannot listen says only that, in one line.
+    """
+    log_settings(settings)
+    for host, port in addresses:
+        log_listening(settings, host, port)
+
+
 def log_settings(settings: ServerSettings, omit: tuple[str, ...] = ()) -> None:
     """One line with every setting in effect (secrets hidden; file names, not contents)."""
     pairs = [(name, value) for name, value in settings.effective() if name not in omit]
@@ -531,8 +543,7 @@ async def serve_until_signal(settings: ServerSettings) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await start_site(runner, settings)
-        for address in runner.addresses:
-            log_listening(settings, address[0], address[1])
+        announce(settings, [(address[0], address[1]) for address in runner.addresses])
         await stop.wait()
         log.info("signal received, shutting down", extra=event("signal"))
     finally:
@@ -560,7 +571,6 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     for warning in warnings:
         log.warning("%s", warning, extra=event("config_warning", warning=warning))
-    log_settings(settings)
     try:
         if settings.workers > 1:
             from echo.workers import serve_with_workers  # gunicorn is loaded only here

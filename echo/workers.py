@@ -34,7 +34,7 @@ from echo.engine.fast.runner import nodelay_on_listeners
 from echo.engine.fast.sites import ListenerSite
 from echo.eventloop import loop_factory
 from echo.logs import event
-from echo.server import BACKLOG, ListenError, create_app, log_listening, make_runner
+from echo.server import BACKLOG, ListenError, announce, create_app, make_runner
 from echo.tls import server_context
 
 log = logging.getLogger("echo.workers")
@@ -256,9 +256,7 @@ def gunicorn_config(settings: ServerSettings, binds: list[str]) -> dict[str, Any
 
 def _when_ready(settings: ServerSettings) -> Callable[[Any], None]:
     def when_ready(arbiter: Any) -> None:
-        for listener in arbiter.LISTENERS:
-            host, port = listener.sock.getsockname()[:2]
-            log_listening(settings, host, port)
+        announce(settings, [listener.sock.getsockname()[:2] for listener in arbiter.LISTENERS])
         log.info(
             "master pid=%d starting %d workers",
             os.getpid(),

@@ -133,6 +133,8 @@ def test_make_help_lists_the_targets_from_their_comments() -> None:
 
 def test_make_dev_with_a_busy_port_fails_with_one_line(checkout: Path) -> None:
     port = free_port()
+    while port_in_use(port + 1):  # the port after a free one may be taken
+        port = free_port()
     with socket_on(port + 1):
         result = subprocess.run(
             ["make", "-s", *NO_INSTALL, "dev"],
