@@ -100,8 +100,11 @@ class Reader:
     def kind(self, name: str, default: str, kind: Kind) -> Any:
         return variable(name, default, "", kind).read(self.env)
 
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        value: int = self.kind(name, str(default), integer(low, high))
+    def integer(self, name: str, default: int, low: int, high: int, what: str = "") -> int:
+        kind = integer(low, high)
+        if what:
+            kind = Kind(kind.parse, what, kind.show)
+        value: int = self.kind(name, str(default), kind)
         return value
 
     def duration(self, name: str, default_ms: int, low_ms: int = 1) -> float:
@@ -369,6 +372,23 @@ def parse_ca_file(path: str) -> str:
     return path
 
 
+def read_ca_file(r: Reader) -> str:
+    """TLS_CA_FILE: empty (the system store) or a readable PEM file of CA certificates."""
+    path = r.raw("TLS_CA_FILE", "")
+    if not path:
+        return ""
+    problem = _unreadable(path)
+    if problem is not None:
+        raise ConfigError(
+            "TLS_CA_FILE", path, f"a readable PEM file of CA certificates ({problem})"
+        )
+    try:
+        client_context(path)
+    except (ssl.SSLError, OSError):
+        raise ConfigError("TLS_CA_FILE", path, "a PEM file of CA certificates") from None
+    return path
+
+
 def parse_ws_url(text: str) -> URL:
     """An absolute ``ws://`` or ``wss://`` URL with a host (path and query allowed)."""
     url = URL(text)
@@ -501,15 +521,47 @@ class ClientSettings:
         the command line, the variable otherwise.
         """
         flags = flags or {}
-        values = read_all(CLIENT_VARIABLES, env, flags)
-        first, cap = values["reconnect_interval"], values["reconnect_max_interval"]
+
+        def source(variable: str, flag: str | None = None) -> tuple[Reader, str]:
+            if flag is not None and flag in flags:
+                return Reader(flags), flag
+            return Reader(env), variable
+
+        url_expected = "an absolute ws:// or wss:// URL"
+        reader, name = source("WS_URL", "--url")
+        url = reader.custom(name, "ws://localhost:8080/", parse_ws_url, url_expected)
+        reader, name = source("ORIGIN", "--origin")
+        origin = reader.custom(
+            name, url_origin(url), lambda t: str(parse_origin(t)), "scheme://host[:port]"
+        )
+        env_reader = Reader(env)
+        first = env_reader.duration("RECONNECT_INTERVAL", 5_000)
+        cap_text = env_reader.raw("RECONNECT_MAX_INTERVAL", "30000")
+        cap = env_reader.duration("RECONNECT_MAX_INTERVAL", 30_000)
         if cap < first:
             raise ConfigError(
                 "RECONNECT_MAX_INTERVAL",
-                env.get("RECONNECT_MAX_INTERVAL", "").strip(),
+                cap_text,
                 f"a duration of at least RECONNECT_INTERVAL ({round(first * 1000)} ms)",
             )
+        reader, name = source("MESSAGE_INTERVAL", "--interval")
+        interval = reader.duration(name, 1_000)
+        reader, name = source("MESSAGE_COUNT", "--count")
+        count = reader.integer(name, 0, 0, MAX_MESSAGE_COUNT)
         size = None
         if "--size" in flags:
             size = Reader(flags).integer("--size", 0, 1, MAX_CLIENT_MESSAGE_SIZE)
-        return cls(**values, size=size, binary=Reader(flags).boolean("--binary", False))
+        return cls(
+            url=str(url),
+            origin=origin,
+            reconnect_interval=first,
+            reconnect_max_interval=cap,
+            message_interval=interval,
+            message_count=count,
+            heartbeat_interval=env_reader.duration("CLIENT_HEARTBEAT_INTERVAL", 10_000),
+            size=size,
+            binary=Reader(flags).boolean("--binary", False),
+            log_level=env_reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
+            ca_file=read_ca_file(env_reader),
+            log_format=env_reader.choice("LOG_FORMAT", "text", LOG_FORMATS),
+        )

@@ -17,6 +17,7 @@ from echo.config import (
     ALL_VARIABLES,
     CLIENT_VARIABLES,
     SERVER_VARIABLES,
+    ClientSettings,
     ConfigError,
     ServerSettings,
     load_environment,
@@ -335,3 +336,25 @@ def test_unknown_names_are_judged_by_closeness() -> None:
     assert unknown_names(["MAX_CONECTIONS"], known) == [
         "unknown setting 'MAX_CONECTIONS' in .env: did you mean MAX_CONNECTIONS?"
     ]
+
+
+def test_client_declarations_agree_with_what_the_client_reads() -> None:
+    """``--help`` and the warnings use the declarations; the client must read the same."""
+    declared = {var.name: var for var in CLIENT_VARIABLES}
+    env = {
+        "WS_URL": "ws://h.example:1/",
+        "RECONNECT_INTERVAL": "700",
+        "RECONNECT_MAX_INTERVAL": "9000",
+        "MESSAGE_INTERVAL": "250",
+        "MESSAGE_COUNT": "9",
+        "CLIENT_HEARTBEAT_INTERVAL": "3000",
+        "LOG_LEVEL": "debug",
+        "LOG_FORMAT": "json",
+    }
+    for source in ({}, env):
+        settings = ClientSettings.from_env(source)
+        for var in CLIENT_VARIABLES:
+            if var.name == "ORIGIN":  # its default is derived (checked by the client tests)
+                continue
+            assert getattr(settings, var.fields[0]) == var.read(source), var.name
+    assert set(env) | {"ORIGIN", "TLS_CA_FILE"} == set(declared)
