@@ -36,6 +36,8 @@ MAX_CLIENT_MESSAGE_SIZE = 1 << 30
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# A pod or host name, a container id, host:port: what says which backend answered.
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:-]{0,252})")
 
 
 class ConfigError(ValueError):
@@ -119,6 +121,13 @@ def parse_host(text: str) -> str:
     raise ValueError(text)
 
 
+def parse_instance_name(text: str) -> str:
+    """INSTANCE_NAME: empty (unset), or 1 to 253 letters, digits and ``. _ : -``."""
+    if text and not _INSTANCE_NAME.fullmatch(text):
+        raise ValueError(text)
+    return text
+
+
 def parse_origins(text: str) -> tuple[bool, frozenset[Origin]]:
     """``*`` admits any origin; otherwise a comma-separated list of exact origins."""
     items = [item.strip() for item in text.split(",") if item.strip()]
@@ -150,6 +159,8 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
     metrics: bool = True
     workers: int = 1
+    drain_delay: float = 0.0
+    instance_name: str = ""
 
     @property
     def tls(self) -> bool:
@@ -191,6 +202,13 @@ class ServerSettings:
             ),
             metrics=r.boolean("METRICS", True),
             workers=r.integer("WORKERS", 1, 1, MAX_WORKERS),
+            drain_delay=r.duration("DRAIN_DELAY", 0, low_ms=0),
+            instance_name=r.custom(
+                "INSTANCE_NAME",
+                "",
+                parse_instance_name,
+                "up to 253 letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+            ),
         )
 
 

@@ -15,6 +15,7 @@ class Refusal(Enum):
     ORIGIN = "origin"
     LIMIT = "limit"
     PER_IP_LIMIT = "per_ip_limit"
+    DRAINING = "draining"  # not a limit: the server is shutting down (echo.readiness)
 
 
 class ConnectionLimiter:

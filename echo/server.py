@@ -33,6 +33,7 @@ from echo.metrics import Metrics, add_metrics
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.proxies import TrustedProxies
+from echo.readiness import Readiness
 from echo.runner import EchoRunner, nodelay_on_listeners
 from echo.text import preview
 from echo.tls import TLSSite, server_context
@@ -48,6 +49,7 @@ _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
     Refusal.ORIGIN: (403, "origin not allowed"),
     Refusal.LIMIT: (503, "too many connections"),
     Refusal.PER_IP_LIMIT: (429, "too many connections from your address"),
+    Refusal.DRAINING: (503, SHUTDOWN_MESSAGE.decode()),
 }
 
 
@@ -99,6 +101,7 @@ class EchoServer:
         self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.heartbeat = Heartbeat(settings.heartbeat_interval)
+        self.readiness = Readiness()
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
             if settings.metrics
@@ -120,6 +123,8 @@ class EchoServer:
         origin = request.headers.get(hdrs.ORIGIN)
         if not self.origin_allowed(origin, request):
             return self.refuse(request, Refusal.ORIGIN, origin)
+        if self.readiness.draining:
+            return self.refuse(request, Refusal.DRAINING, origin)
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
@@ -167,18 +172,18 @@ class EchoServer:
         return ws
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "connections": self.limiter.open,
-                "max_connections": self.settings.max_connections,
-                "uptime_seconds": round(time.monotonic() - self.started, 3),
-                # With WORKERS > 1 every figure above is this process's own.
-                "pid": os.getpid(),
-                "workers": self.settings.workers,
-            },
-            headers={hdrs.CACHE_CONTROL: "no-store"},
-        )
+        health: dict[str, object] = {
+            "status": "ok",
+            "connections": self.limiter.open,
+            "max_connections": self.settings.max_connections,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            # With WORKERS > 1 every figure above is this process's own.
+            "pid": os.getpid(),
+            "workers": self.settings.workers,
+        }
+        if self.settings.instance_name:
+            health["instance"] = self.settings.instance_name
+        return web.json_response(health, headers={hdrs.CACHE_CONTROL: "no-store"})
 
     # -- admission --------------------------------------------------------------------
 
@@ -360,6 +365,7 @@ class EchoServer:
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
+        self.readiness.draining = True  # not ready from here on, drained or not
         if not self.connections:
             return
         count = len(self.connections)
@@ -399,6 +405,7 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app.router.add_get("/", server.root)
     add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/readyz", server.readiness.readyz)
     if server.metrics is not None:
         add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
@@ -485,7 +492,8 @@ async def start_site(runner: web.AppRunner, settings: ServerSettings) -> None:
 
 
 async def serve_until_signal(settings: ServerSettings) -> None:
-    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully:
+    drain for DRAIN_DELAY (a second signal cuts it short), then close (echo.readiness)."""
     app = create_app(settings)
     runner = make_runner(app, settings)
     await runner.setup()
@@ -499,6 +507,8 @@ async def serve_until_signal(settings: ServerSettings) -> None:
             log_listening(settings, address[0], address[1])
         await stop.wait()
         log.info("signal received, shutting down", extra=event("signal"))
+        stop.clear()
+        await app[SERVER_KEY].readiness.drain(settings.drain_delay, cut_short=stop)
     finally:
         await runner.cleanup()
 
