@@ -48,9 +48,7 @@ def test_a_running_server_is_healthy(server_process: ServerStarter, tmp_path: Pa
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_a_tls_server_is_checked_over_https(
-    server_process: ServerStarter, tmp_path: Path
-) -> None:
+def test_a_tls_server_is_checked_over_https(server_process: ServerStarter, tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
     server = start_tls_server(server_process, pki)
     tls = {"TLS_CERT_FILE": str(pki.cert), "TLS_KEY_FILE": str(pki.key)}
@@ -63,7 +61,8 @@ def test_no_server_is_unhealthy_with_one_line(tmp_path: Path) -> None:
     result = healthcheck(tmp_path, HOST="127.0.0.1", PORT=str(port))
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"echo-healthcheck: http://127.0.0.1:{port}/")
+    assert len(lines) == 1
+    assert lines[0].startswith(f"echo-healthcheck: http://127.0.0.1:{port}/")
 
 
 class _Liar(BaseHTTPRequestHandler):
@@ -76,7 +75,7 @@ class _Liar(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
