@@ -7,6 +7,7 @@ test`` skips this module and says so.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -76,28 +77,47 @@ def test_kustomize_fails_on_a_missing_resource(tmp_path: Path) -> None:
     assert run(tool("kubectl"), "kustomize", str(faulty)).returncode != 0
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "check"),
-    [
-        ("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "CKV_K8S_22"),
-        ("allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", "CKV_K8S_20"),
-        ("              memory: 320Mi\n", "", "CKV_K8S_13"),
-    ],
-)
-def test_checkov_fails_a_weakened_deployment(
-    tmp_path: Path, old: str, new: str, check: str
-) -> None:
-    checkov = tool("checkov")
-    faulty = manifests_copy(tmp_path, "deployment.yaml", old, new)
+# One fault per copy of deployment.yaml, and the check that must catch it.
+WEAKENED = {
+    "writable-root.yaml": (
+        "readOnlyRootFilesystem: true",
+        "readOnlyRootFilesystem: false",
+        "CKV_K8S_22",
+    ),
+    "escalation.yaml": (
+        "allowPrivilegeEscalation: false",
+        "allowPrivilegeEscalation: true",
+        "CKV_K8S_20",
+    ),
+    "no-memory-limit.yaml": ("              memory: 320Mi\n", "", "CKV_K8S_13"),
+}
+
+
+def test_checkov_passes_ours_and_fails_each_weakened_deployment(tmp_path: Path) -> None:
+    """One checkov run (it takes seconds to start) over our deployment and three copies."""
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    original = (KUBERNETES / "deployment.yaml").read_text()
+    (folder / "deployment.yaml").write_text(original)
+    shutil.copy(KUBERNETES / "networkpolicy.yaml", folder)  # the policy graph check needs it
+    for name, (old, new, _check) in WEAKENED.items():
+        assert original.count(old) == 1, old
+        (folder / name).write_text(original.replace(old, new))
     result = run(
-        checkov,
+        tool("checkov"),
         "--quiet",
-        "--compact",
         "--skip-download",
         "--framework",
         "kubernetes",
-        "--file",
-        str(faulty / "deployment.yaml"),
+        "--output",
+        "json",
+        "--directory",
+        str(folder),
     )
     assert result.returncode != 0
-    assert check in result.stdout, result.stdout[-3000:]
+    failed: dict[str, set[str]] = {}
+    for finding in json.loads(result.stdout)["results"]["failed_checks"]:
+        failed.setdefault(finding["file_path"].lstrip("/"), set()).add(finding["check_id"])
+    assert "deployment.yaml" not in failed, failed
+    for name, (_old, _new, check) in WEAKENED.items():
+        assert check in failed.get(name, set()), (name, failed)
