@@ -334,8 +334,11 @@ def build_context(target: Path, extra_files: dict[str, str]) -> Path:
     return target
 
 
-def build_image(podman: Podman, context: Path, tag: str, base: str) -> float:
-    """``podman build`` the Dockerfile in ``context`` on ``base``; returns the seconds taken."""
+def build_image(
+    podman: Podman, context: Path, tag: str, base: str, target: str | None = None
+) -> float:
+    """``podman build`` the Dockerfile in ``context`` on ``base`` (up to the stage
+    ``target``, or whole); returns the seconds taken."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=podman.cache, prefix="build-") as work:
         podman.run(
@@ -348,6 +351,7 @@ def build_image(podman: Podman, context: Path, tag: str, base: str) -> float:
             "--build-arg",
             f"BASE_IMAGE={base}",
             *pip_build_options(Path(work)),
+            *(["--target", target] if target else []),
             "--tag",
             tag,
             str(context),
