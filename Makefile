@@ -10,7 +10,7 @@ RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-runtime start dev client dev-client test soak lint compliance clean
+.PHONY: help install install-runtime start dev client dev-client test soak lint compliance clean deploy-lint image-test
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -57,8 +57,36 @@ lint: install ## ruff and mypy, both clean
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-clean: ## remove .venv and every cache and report
-	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
+clean: ## remove .venv, .venv-deploy and every cache and report
+	rm -rf $(VENV) $(DEPLOY_VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# The container image and the Kubernetes manifests (docs/container.md). Their linters
+# live in an environment of their own: checkov alone brings about a hundred packages.
+DEPLOY_VENV := .venv-deploy
+DEPLOY_BIN := $(DEPLOY_VENV)/bin
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+# Kubernetes versions the manifests are validated against (kubernetes-validate's schemas).
+K8S_VERSIONS := 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0 1.36.0 1.37.0
+
+$(DEPLOY_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_BIN)/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_BIN)/python -m pip install --quiet -e '.[deploy]'
+	touch $(DEPLOY_STAMP)
+
+deploy-lint: $(DEPLOY_STAMP) ## hadolint, the manifests rendered by kustomize against each K8S_VERSIONS schema, checkov
+	$(DEPLOY_BIN)/hadolint Dockerfile
+	$(DEPLOY_BIN)/kubectl kustomize deploy/kubernetes > $(DEPLOY_VENV)/rendered.yaml
+	for version in $(K8S_VERSIONS); do \
+		$(DEPLOY_BIN)/kubernetes-validate --strict --quiet -k $$version $(DEPLOY_VENV)/rendered.yaml \
+			|| exit 1; \
+	done
+	$(DEPLOY_BIN)/checkov --quiet --compact --skip-download --framework kubernetes dockerfile \
+		--file Dockerfile $(wildcard deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml)
+
+image-test: install deploy-lint ## deploy-lint, then build the image with podman and test it (a few minutes)
+	IMAGE_TEST=1 PATH="$(CURDIR)/$(DEPLOY_BIN):$$PATH" $(BIN)/python -m pytest tests/test_image.py tests/test_deploy_lint.py
+	@cat reports/image.txt
 
 .PHONY: bench bench-quick
 

@@ -64,6 +64,8 @@ MAX_MESSAGE_COUNT = 10**12
 MAX_WORKERS = 64
 MAX_CLIENT_MESSAGE_SIZE = 1 << 30
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# A pod or host name, a container id, host:port: what says which backend answered.
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:-]{0,252})")
 
 
 def read_env_file(env_file: str | Path = ".env") -> dict[str, str]:
@@ -135,6 +137,13 @@ def parse_host(text: str) -> str:
     if len(candidate) <= 253 and all(_LABEL.match(label) for label in labels):
         return candidate
     raise ValueError(text)
+
+
+def parse_instance_name(text: str) -> str:
+    """INSTANCE_NAME: empty (unset), or 1 to 253 letters, digits and ``. _ : -``."""
+    if text and not _INSTANCE_NAME.fullmatch(text):
+        raise ValueError(text)
+    return text
 
 
 ORIGIN_EXPECTED = "scheme://host[:port], where host may start with '*.' (one label)"
@@ -274,6 +283,22 @@ SERVER_VARIABLES: tuple[Variable, ...] = (
         "X-Forwarded-Proto are believed, comma-separated",
         listed(parse_network, "an IP address or CIDR network"),
     ),
+    variable(
+        "DRAIN_DELAY",
+        "0",
+        "ms to stay up after SIGTERM, not ready (/readyz 503) and refusing new "
+        "handshakes with 503, before closing connections (Kubernetes: 10000)",
+        duration(low_ms=0),
+    ),
+    variable(
+        "INSTANCE_NAME",
+        "",
+        "a name for this instance (e.g. the pod name), shown in /healthz",
+        Kind(
+            parse_instance_name,
+            "up to 253 letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+        ),
+    ),
 )
 
 
@@ -302,6 +327,8 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
     metrics: bool = True
     workers: int = 1
+    drain_delay: float = 0.0
+    instance_name: str = ""
 
     @property
     def tls(self) -> bool:

@@ -42,6 +42,7 @@ from echo.metrics import Metrics, add_metrics
 from echo.origins import Origin, own_origin
 from echo.page import PAGE_KEY, PageOptions, add_page
 from echo.proxies import TrustedProxies
+from echo.readiness import Readiness
 from echo.text import preview
 from echo.tls import server_context
 
@@ -57,6 +58,7 @@ _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
     Refusal.LIMIT: (503, "too many connections"),
     Refusal.PER_IP_LIMIT: (429, "too many connections from your address"),
     Refusal.DUPLICATE_ORIGIN: (400, "bad request"),
+    Refusal.DRAINING: (503, SHUTDOWN_MESSAGE.decode()),
 }
 _LIMIT_DETAIL = {Refusal.LIMIT: "MAX_CONNECTIONS", Refusal.PER_IP_LIMIT: "MAX_CONNECTIONS_PER_IP"}
 
@@ -110,6 +112,7 @@ class EchoServer:
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.origins = OriginPolicy(settings)
         self.heartbeat = Heartbeat(settings.heartbeat_interval)
+        self.readiness = Readiness()
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
             if settings.metrics
@@ -135,6 +138,11 @@ class EchoServer:
         why = self.origins.refusal(origin, lambda: self._page_origin(request))
         if why is not None:
             return self.refuse(request, Refusal.ORIGIN, origin, why)
+        origin = request.headers.get(hdrs.ORIGIN)
+        if not self.origin_allowed(origin, request):
+            return self.refuse(request, Refusal.ORIGIN, origin)
+        if self.readiness.draining:
+            return self.refuse(request, Refusal.DRAINING, origin)
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
@@ -182,18 +190,18 @@ class EchoServer:
         return ws
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "connections": self.limiter.open,
-                "max_connections": self.settings.max_connections,
-                "uptime_seconds": round(time.monotonic() - self.started, 3),
-                # With WORKERS > 1 every figure above is this process's own.
-                "pid": os.getpid(),
-                "workers": self.settings.workers,
-            },
-            headers={hdrs.CACHE_CONTROL: "no-store"},
-        )
+        health: dict[str, object] = {
+            "status": "ok",
+            "connections": self.limiter.open,
+            "max_connections": self.settings.max_connections,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            # With WORKERS > 1 every figure above is this process's own.
+            "pid": os.getpid(),
+            "workers": self.settings.workers,
+        }
+        if self.settings.instance_name:
+            health["instance"] = self.settings.instance_name
+        return web.json_response(health, headers={hdrs.CACHE_CONTROL: "no-store"})
 
     # -- admission --------------------------------------------------------------------
 
@@ -230,7 +238,7 @@ class EchoServer:
                 "refused", remote=remote, origin=clip(origin), reason=reason.value, detail=detail
             ),
         )
-        retry = reason in _LIMIT_DETAIL
+        retry = reason in _LIMIT_DETAIL or reason is Refusal.DRAINING
         headers = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)} if retry else {}
         body = f"{text}: {detail}\n" if status in (400, 403) else text + "\n"
         return web.Response(status=status, text=body, headers=headers)
@@ -371,6 +379,7 @@ class EchoServer:
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
+        self.readiness.draining = True  # not ready from here on, drained or not
         if not self.connections:
             return
         count = len(self.connections)
@@ -422,6 +431,7 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app.router.add_get("/", server.root)
     add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/readyz", server.readiness.readyz)
     if server.metrics is not None:
         add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
@@ -533,7 +543,8 @@ async def start_site(runner: web.AppRunner, settings: ServerSettings) -> None:
 
 
 async def serve_until_signal(settings: ServerSettings) -> None:
-    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully:
+    drain for DRAIN_DELAY (a second signal cuts it short), then close (echo.readiness)."""
     app = create_app(settings)
     runner = make_runner(app, settings)
     await runner.setup()
@@ -546,6 +557,8 @@ async def serve_until_signal(settings: ServerSettings) -> None:
         announce(settings, [(address[0], address[1]) for address in runner.addresses])
         await stop.wait()
         log.info("signal received, shutting down", extra=event("signal"))
+        stop.clear()
+        await app[SERVER_KEY].readiness.drain(settings.drain_delay, cut_short=stop)
     finally:
         await runner.cleanup()
 

@@ -56,6 +56,8 @@ SERVER_VARIABLES = [
     "TRUSTED_PROXIES",
     "METRICS",
     "WORKERS",
+    "DRAIN_DELAY",
+    "INSTANCE_NAME",
 ]
 # Only together, and naming files: their rules are tested in tests/test_tls.py.
 TLS_SERVER_VARIABLES = ["TLS_CERT_FILE", "TLS_KEY_FILE"]

@@ -93,6 +93,17 @@ def test_values_are_parsed_and_durations_converted_from_ms() -> None:
     assert settings.log_level == "debug"
 
 
+def test_drain_delay_and_instance_name() -> None:
+    defaults = ServerSettings.from_env({})
+    assert (defaults.drain_delay, defaults.instance_name) == (0, "")
+    name = "echo-6f7d9c-x2k4p.eu_west:8080"
+    settings = ServerSettings.from_env({"DRAIN_DELAY": "10000", "INSTANCE_NAME": name})
+    assert (settings.drain_delay, settings.instance_name) == (10.0, name)
+    assert ServerSettings.from_env({"INSTANCE_NAME": "x" * 253}).instance_name == "x" * 253
+    with pytest.raises(ConfigError, match=r"^invalid INSTANCE_NAME=.*\(254 total\): expected up"):
+        ServerSettings.from_env({"INSTANCE_NAME": "x" * 254})
+
+
 def test_star_means_any_origin() -> None:
     assert ServerSettings.from_env({"ALLOWED_ORIGINS": "*"}).any_origin is True
 
@@ -125,6 +136,11 @@ def test_star_means_any_origin() -> None:
         ("ALLOWED_ORIGINS", "https://a*.example.com"),
         ("ALLOWED_HOSTS", "not a host"),
         ("ALLOWED_HOSTS", "*.com"),
+        ("DRAIN_DELAY", "-1"),
+        ("DRAIN_DELAY", "10s"),
+        ("INSTANCE_NAME", "pod name"),
+        ("INSTANCE_NAME", "-leading-dash"),
+        ("INSTANCE_NAME", "line\nbreak"),
     ],
 )
 def test_bad_value_names_variable_value_and_expectation(name: str, value: str) -> None:

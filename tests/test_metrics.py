@@ -26,6 +26,7 @@ ZERO_REFUSALS = {
     "limit": 0,
     "per_ip_limit": 0,
     "duplicate_origin": 0,
+    "draining": 0,
     "handshake_timeout": 0,
 }
 INVALID_UTF8 = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"
