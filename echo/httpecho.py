@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 MASK = b"[masked]"
 # Paths with a handler of their own; another method on them is 405, not an echo.
-RESERVED_PATHS = frozenset({"/", "/healthz", "/metrics", "/page.js", "/page.css"})
+RESERVED_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/page.js", "/page.css"})
 _AUTH_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
 _COOKIE = re.compile(rb"^\s*([^=;\s]+)\s*=")
 _HEADERS = {

@@ -18,6 +18,8 @@ class Refusal(Enum):
     CONTROLS = "controls"  # bad test controls in the query string (400)
     STATUS_CONTROL = "status_control"  # the status control asked for the refusal
     CLIENT_CERTIFICATE = "client_certificate"  # mTLS: no or an unverifiable certificate
+    DUPLICATE_ORIGIN = "duplicate_origin"  # more than one Origin header: 400
+    DRAINING = "draining"  # not a limit: the server is shutting down (echo.readiness)
 
 
 class ConnectionLimiter:

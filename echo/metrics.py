@@ -170,9 +170,9 @@ class Metrics(Collector):
         )
         refused = CounterMetricFamily(
             "echo_handshakes_refused",
-            "Handshakes refused (origin 403, limit 503, per_ip_limit 429, controls 400, "
-            "status_control as asked, client_certificate in the TLS handshake) or cut off "
-            "before a complete request (handshake_timeout)",
+            "Handshakes refused (origin 403, limit 503, per_ip_limit 429, duplicate_origin 400, "
+            "draining 503, controls 400, status_control as asked, client_certificate in the "
+            "TLS handshake) or cut off before a complete request (handshake_timeout)",
             labels=["reason"],
         )
         for reason, count in self.refused.items():

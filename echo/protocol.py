@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # RFC 6455 section 7.4: codes a peer may put on the wire. 1004, 1005, 1006 and 1015
 # are reserved (1005/1006/1015 are for reporting only and must never be sent).
 _SENDABLE_BELOW_3000 = frozenset(
@@ -39,3 +41,25 @@ def is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+# RFC 6455 4.1: a subprotocol name is an HTTP token (RFC 9110 5.6.2).
+SUBPROTOCOL_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def select_subprotocol(offered: str | None, configured: tuple[str, ...]) -> tuple[str, ...]:
+    """The subprotocol an upgrade selects, as the ``protocols`` aiohttp's
+    WebSocketResponse takes, from the client's first Sec-WebSocket-Protocol header
+    (``offered``; aiohttp reads only that one) and SUBPROTOCOLS (``configured``).
+
+    With a list, the first protocol the client offers that is on it (aiohttp's own
+    rule); with none, the client's first offer if it is a valid name, so clients that
+    insist on a subprotocol work out of the box.
+    """
+    if offered is None:
+        return ()
+    names = [name.strip() for name in offered.split(",")]
+    if configured:
+        return next(((name,) for name in names if name in configured), ())
+    first = names[0]
+    return (first,) if SUBPROTOCOL_NAME.fullmatch(first) else ()

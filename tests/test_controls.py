@@ -91,7 +91,10 @@ async def test_controls_off_refuses_any_control_saying_so(start_app: ServerFacto
     server = await start_app(controls=False)
     status, _head, body = await handshake(server.port, "/?close_after=1")
     assert status == 400
-    assert body == b"test controls are off on this server (CONTROLS=false): 'close_after' refused\n"
+    assert body == (
+        b"bad test controls: test controls are off on this server (CONTROLS=false): "
+        b"'close_after' refused\n"
+    )
     # Other query parameters are none of its business then.
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(server.make_url("/?token=abc")) as ws:
@@ -124,8 +127,14 @@ async def test_refusals_are_counted_and_logged(
     assert 'echo_handshakes_refused_total{reason="controls"} 1.0' in text
     assert 'echo_handshakes_refused_total{reason="status_control"} 1.0' in text
     lines = [r.getMessage() for r in caplog.records if r.name == "echo.server"]
-    assert "refused remote=127.0.0.1 origin=- reason=controls status=400" in lines
-    assert "refused remote=127.0.0.1 origin=- reason=status_control status=502" in lines
+    assert (
+        "refused remote=127.0.0.1 origin=- reason=controls "
+        "(unknown control 'bogus'; known: delay, jitter, close_after, close_after_ms, "
+        "close_code, close_reason, drop_after, drop_after_ms, ignore_pings, heartbeat, "
+        "silent, status, retry_after, ping_every, push_every, push_size, push_type, "
+        "fragment, info)"
+    ) in lines
+    assert "refused remote=127.0.0.1 origin=- reason=status_control (status=502)" in lines
 
 
 async def test_origin_is_checked_before_controls(start_app: ServerFactory) -> None:

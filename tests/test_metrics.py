@@ -28,6 +28,8 @@ ZERO_REFUSALS = {
     "controls": 0,
     "status_control": 0,
     "client_certificate": 0,
+    "duplicate_origin": 0,
+    "draining": 0,
     "handshake_timeout": 0,
 }
 INVALID_UTF8 = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"
