@@ -36,6 +36,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from echo.httpecho import expect_continue
 from echo.limits import Refusal
 
 HANDSHAKE_TIMEOUT = "handshake_timeout"
@@ -239,4 +240,4 @@ METRICS_KEY = web.AppKey("echo_metrics", Metrics)
 def add_metrics(app: web.Application, metrics: Metrics) -> None:
     """Serve ``GET /metrics`` from ``metrics`` (register before the HTTP echo catch-all)."""
     app[METRICS_KEY] = metrics
-    app.router.add_get("/metrics", metrics.handle)
+    app.router.add_get("/metrics", metrics.handle, expect_handler=expect_continue)

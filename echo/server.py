@@ -26,7 +26,7 @@ from echo.config import ConfigError, ServerSettings, load_environment
 from echo.eventloop import loop_factory
 from echo.fastpath import EchoResponse
 from echo.heartbeat import Heartbeat
-from echo.httpecho import add_http_echo
+from echo.httpecho import add_http_echo, expect_continue
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
 from echo.metrics import Metrics, add_metrics
@@ -396,9 +396,9 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     server = EchoServer(settings)
     app = web.Application(client_max_size=settings.max_message_size)
     app[SERVER_KEY] = server
-    app.router.add_get("/", server.root)
+    app.router.add_get("/", server.root, expect_handler=expect_continue)
     add_page(app, page)
-    app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/healthz", server.healthz, expect_handler=expect_continue)
     if server.metrics is not None:
         add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
@@ -429,6 +429,8 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
     idle WebSockets, much sooner; setting it cost a system call per connection.
     """
     return {
+        # The HTTP echo shows bodies as received: a gzip body as its gzip bytes.
+        "auto_decompress": False,
         "access_log": None,
         "tcp_keepalive": False,
         "keepalive_timeout": settings.handshake_timeout,
