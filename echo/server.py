@@ -24,15 +24,17 @@ from aiohttp import WSMsgType, hdrs, web
 from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
 from echo.eventloop import loop_factory
+from echo.extensions import deflate_offers_valid
 from echo.fastpath import EchoResponse
 from echo.heartbeat import Heartbeat
 from echo.httpecho import add_http_echo, expect_continue
 from echo.limits import ConnectionLimiter, Refusal
-from echo.logs import clip, configure_logging, event
+from echo.logs import clip, configure_logging, event, install_filters
 from echo.metrics import Metrics, add_metrics
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.proxies import TrustedProxies
+from echo.refusals import RefusalLog
 from echo.runner import EchoRunner, nodelay_on_listeners
 from echo.text import preview
 from echo.tls import TLSSite, server_context
@@ -99,6 +101,7 @@ class EchoServer:
         self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.heartbeat = Heartbeat(settings.heartbeat_interval)
+        self.refusals = RefusalLog(log)  # one line each up to a budget per second, then counts
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
             if settings.metrics
@@ -115,7 +118,8 @@ class EchoServer:
         cannot, ``_ended`` books the end (echo.fastpath). Under aiohttp's own
         protocol (adev's dev server) it serves until the connection ends.
         """
-        if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
+        upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+        if not upgrade or request.method != hdrs.METH_GET:  # HEAD never upgrades
             return request.app[PAGE_KEY].index(request)
         origin = request.headers.get(hdrs.ORIGIN)
         if not self.origin_allowed(origin, request):
@@ -129,7 +133,8 @@ class EchoServer:
                 autoping=True,
                 autoclose=False,
                 heartbeat=self.heartbeat,
-                compress=self.settings.compression,
+                compress=self.settings.compression
+                and deflate_offers_valid(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ())),
                 # aiohttp refuses a plain frame of exactly max_msg_size bytes but
                 # accepts one byte more when decompressing; serve() checks the rest.
                 max_msg_size=self.settings.max_message_size + 1,
@@ -138,6 +143,10 @@ class EchoServer:
                 metrics=self.metrics,
             )
             await ws.prepare(request)
+        except web.HTTPBadRequest:
+            self.limiter.release(remote)
+            # aiohttp's text quotes the offending header (Sec-WebSocket-Key, -Version...).
+            raise web.HTTPBadRequest(text="invalid WebSocket handshake\n") from None
         except BaseException:
             self.limiter.release(remote)
             raise
@@ -213,14 +222,7 @@ class EchoServer:
         status, text = _REFUSAL_STATUS[reason]
         if self.metrics is not None:
             self.metrics.refusal(reason.value)
-        remote = self.client_address(request)
-        log.info(
-            "refused remote=%s origin=%s reason=%s",
-            remote,
-            "-" if origin is None else preview(origin),
-            reason.value,
-            extra=event("refused", remote=remote, origin=clip(origin), reason=reason.value),
-        )
+        self.refusals.refused(self.client_address(request), origin, reason.value)
         headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
         return web.Response(status=status, text=text + "\n", headers=headers)
 
@@ -357,6 +359,7 @@ class EchoServer:
         self.heartbeat.start()
         yield
         self.heartbeat.stop()
+        self.refusals.flush()
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
@@ -393,6 +396,7 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
 
     ``page`` says how the browser console at ``GET /`` is served (see echo.page).
     """
+    install_filters()  # nothing a peer does is logged above info, whoever set up logging
     server = EchoServer(settings)
     app = web.Application(client_max_size=settings.max_message_size)
     app[SERVER_KEY] = server

@@ -1,0 +1,59 @@
+"""Which permessage-deflate offers the server may accept (RFC 7692, sans-I/O).
+
+aiohttp accepts offers RFC 7692 says a server must decline: it ignores the value of
+``client_max_window_bits`` (``=7``, twenty digits), takes ``server_max_window_bits``
+without a value, and finds ``permessage-deflate`` inside other extension names. The
+server therefore checks the offers first and, when any permessage-deflate offer is
+invalid, declines compression for that connection (RFC 7692 5: the server declines an
+offer with an unknown parameter, an invalid value or a repeated parameter; it may
+always decline). The connection then goes on uncompressed. When every offer is valid,
+aiohttp's own choice among them stands.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+EXTENSION = "permessage-deflate"
+_FLAGS = frozenset({"server_no_context_takeover", "client_no_context_takeover"})
+_WINDOW_BITS = re.compile(r"[89]|1[0-5]")  # 8 to 15, no leading zero (RFC 7692 7.1.2)
+
+
+def _valid_offer(params: list[str]) -> bool:
+    """Whether the parameters of one permessage-deflate offer are valid (RFC 7692 7.1)."""
+    seen: set[str] = set()
+    for param in params:
+        name, has_value, value = (part.strip() for part in param.partition("="))
+        if name in seen:
+            return False
+        seen.add(name)
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]  # a quoted-string (RFC 7692 7.1.2.1, 7.1.2.2)
+        if name in _FLAGS:
+            if has_value:
+                return False
+        elif name == "server_max_window_bits":
+            if _WINDOW_BITS.fullmatch(value) is None:
+                return False
+        elif name == "client_max_window_bits":
+            if has_value and _WINDOW_BITS.fullmatch(value) is None:
+                return False
+        else:
+            return False
+    return True
+
+
+def deflate_offers_valid(headers: Iterable[str]) -> bool:
+    """Whether every permessage-deflate offer in the Sec-WebSocket-Extensions ``headers``
+    is valid, so that compression may be negotiated. Offers of other extensions do not
+    matter (the server accepts none), unless their text contains ``permessage-deflate``,
+    which aiohttp would take for an offer."""
+    for header in headers:
+        for element in header.split(","):
+            if EXTENSION not in element:
+                continue
+            name, *params = element.split(";")
+            if name.strip() != EXTENSION or not _valid_offer(params):
+                return False
+    return True
