@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_protocol import RequestHandler
 
+from echo.httperrors import ErrorPages
 from echo.metrics import HANDSHAKE_TIMEOUT, METRICS_KEY, Metrics
 
 
@@ -47,9 +48,10 @@ class _NoDelayFromListener(BaseProtocol):
 _DETACHED: deque[Any] = deque(maxlen=0)  # a detached handler's (never used) request queue
 
 
-class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
+class EchoRequestHandler(ErrorPages, _NoDelayFromListener):
     """aiohttp's connection protocol: TCP_NODELAY from the listener, timeouts counted,
-    and WebSockets that outlive their request handler (:meth:`detach`)."""
+    WebSockets that outlive their request handler (:meth:`detach`), and error answers
+    that quote nothing of the request (echo.httperrors)."""
 
     __slots__ = ()
 
