@@ -28,7 +28,7 @@ from echo.engine.fast.heartbeat import Heartbeat
 from echo.engine.fast.runner import EchoRunner, nodelay_on_listeners
 from echo.engine.fast.sites import TLSSite
 from echo.eventloop import loop_factory
-from echo.extensions import deflate_offers_valid
+from echo.handshake import deflate_offers_valid, key_valid
 from echo.httpecho import add_http_echo, expect_continue
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event, install_filters
@@ -45,6 +45,7 @@ log = logging.getLogger("echo.server")
 RETRY_AFTER_SECONDS = 1
 CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close frame after sending ours
 SHUTDOWN_MESSAGE = b"server shutting down"
+BAD_HANDSHAKE = "invalid WebSocket handshake\n"
 BACKLOG = 1024  # pending connections the kernel queues for us
 
 _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
@@ -122,6 +123,8 @@ class EchoServer:
         upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
         if not upgrade or request.method != hdrs.METH_GET:  # HEAD never upgrades
             return request.app[PAGE_KEY].index(request)
+        if not key_valid(request.headers.get(hdrs.SEC_WEBSOCKET_KEY)):
+            raise web.HTTPBadRequest(text=BAD_HANDSHAKE)  # before aiohttp trips on it
         origin = request.headers.get(hdrs.ORIGIN)
         if not self.origin_allowed(origin, request):
             return self.refuse(request, Refusal.ORIGIN, origin)
@@ -147,7 +150,7 @@ class EchoServer:
         except web.HTTPBadRequest:
             self.limiter.release(remote)
             # aiohttp's text quotes the offending header (Sec-WebSocket-Key, -Version...).
-            raise web.HTTPBadRequest(text="invalid WebSocket handshake\n") from None
+            raise web.HTTPBadRequest(text=BAD_HANDSHAKE) from None
         except BaseException:
             self.limiter.release(remote)
             raise

@@ -10,7 +10,7 @@ import logging
 import aiohttp
 import pytest
 
-from echo.extensions import deflate_offers_valid
+from echo.handshake import deflate_offers_valid, key_valid
 from echo.server import SERVER_KEY
 from tests.support import ServerFactory, wait_until
 from tests.wsraw import OP_TEXT, RawWebSocket, encode_frame
@@ -96,6 +96,9 @@ async def test_a_valid_deflate_offer_is_accepted(start_app: ServerFactory, offer
 
 def test_offer_rules() -> None:
     assert deflate_offers_valid([])
+    assert key_valid(KEY)
+    assert not key_valid(KEY[:-3] + "\u00e9==")
+    assert not key_valid(KEY[:-2])
     assert deflate_offers_valid(["foo; bar=baz"])
     assert deflate_offers_valid(['permessage-deflate; server_max_window_bits="9"'])
     assert not deflate_offers_valid(['permessage-deflate; server_max_window_bits="9'])
@@ -133,8 +136,14 @@ async def test_head_never_upgrades(start_app: ServerFactory) -> None:
         b"Sec-WebSocket-Key: s3cret-key\r\nSec-WebSocket-Version: 13\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\nSec-WebSocket-Version: s3cret-v\r\n\r\n",
+        # Not ASCII: aiohttp's base64 decoding raised a ValueError it does not catch (500,
+        # and an ERROR with a traceback in the log).
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: s3cret\xc3\xa9"
+        + b"A" * 16
+        + b"==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     ],
-    ids=["connection", "key", "version"],
+    ids=["connection", "key", "version", "key-not-ascii"],
 )
 async def test_a_bad_handshake_gets_400_without_its_header_quoted(
     start_app: ServerFactory, request_: bytes

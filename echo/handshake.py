@@ -1,13 +1,20 @@
-"""Which permessage-deflate offers the server may accept (RFC 7692, sans-I/O).
+"""Checks of the opening handshake that aiohttp does not make, or makes wrongly (sans-I/O).
 
-aiohttp accepts offers RFC 7692 says a server must decline: it ignores the value of
-``client_max_window_bits`` (``=7``, twenty digits), takes ``server_max_window_bits``
-without a value, and finds ``permessage-deflate`` inside other extension names. The
-server therefore checks the offers first and, when any permessage-deflate offer is
-invalid, declines compression for that connection (RFC 7692 5: the server declines an
-offer with an unknown parameter, an invalid value or a repeated parameter; it may
-always decline). The connection then goes on uncompressed. When every offer is valid,
-aiohttp's own choice among them stands.
+**The key.** aiohttp decodes ``Sec-WebSocket-Key`` with ``base64.b64decode`` and
+catches only ``binascii.Error``: a key with a non-ASCII character raises another
+``ValueError``, answered 500 with an ERROR and a traceback in the log, at will.
+:func:`key_valid` requires the form RFC 6455 4.1 gives it (16 bytes in base64, 24
+characters) before aiohttp sees it.
+
+**permessage-deflate offers** (RFC 7692). aiohttp accepts offers RFC 7692 says a
+server must decline: it ignores the value of ``client_max_window_bits`` (``=7``,
+twenty digits), takes ``server_max_window_bits`` without a value, and finds
+``permessage-deflate`` inside other extension names. The server therefore checks the
+offers first and, when any permessage-deflate offer is invalid, declines compression
+for that connection (RFC 7692 5: the server declines an offer with an unknown
+parameter, an invalid value or a repeated parameter; it may always decline). The
+connection then goes on uncompressed. When every offer is valid, aiohttp's own choice
+among them stands.
 """
 
 from __future__ import annotations
@@ -18,6 +25,12 @@ from collections.abc import Iterable
 EXTENSION = "permessage-deflate"
 _FLAGS = frozenset({"server_no_context_takeover", "client_no_context_takeover"})
 _WINDOW_BITS = re.compile(r"[89]|1[0-5]")  # 8 to 15, no leading zero (RFC 7692 7.1.2)
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")  # base64 of 16 bytes
+
+
+def key_valid(key: str | None) -> bool:
+    """Whether ``Sec-WebSocket-Key`` is 16 bytes in base64 (RFC 6455 4.1, 11.3.1)."""
+    return key is not None and _KEY.fullmatch(key.strip(" \t")) is not None
 
 
 def _valid_offer(params: list[str]) -> bool:
