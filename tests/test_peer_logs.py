@@ -185,7 +185,9 @@ async def test_a_refusal_flood_is_summarised_and_still_counted(
         found = re.findall(r"refused reason=origin not_logged=(\d+) ", proc.log())
         return sum(map(int, found))
 
-    one_by_one = lambda: proc.log().count(" reason=origin\n")  # noqa: E731
+    def one_by_one() -> int:
+        return proc.log().count(" reason=origin\n")
+
     await wait_until(lambda: one_by_one() + summarised() == flood, timeout=5)
     windows = int(seconds) + 2  # the one-second windows the flood can have touched
     assert one_by_one() <= LINES_PER_SECOND * windows, (one_by_one(), seconds)
