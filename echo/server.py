@@ -380,8 +380,8 @@ class EchoServer:
         _done, pending = await asyncio.wait(closers, timeout=self.settings.shutdown_timeout)
         for task in pending:
             task.cancel()  # aiohttp aborts the transport when its close is cancelled
-        if pending:
-            log.warning(
+        if pending:  # the peers' doing (they did not answer), so not a warning
+            log.info(
                 "shutdown: %d connection(s) did not close in time",
                 len(pending),
                 extra=event("shutdown_timeout", unclosed=len(pending)),

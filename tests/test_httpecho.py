@@ -348,3 +348,23 @@ async def test_slow_body_socket_is_closed_with_the_408(
     answer, closed = await exchange(server.port, request, timeout=5)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert closed, "still open 5 s after the 408"
+
+
+@pytest.mark.parametrize("method", [b"FOO", b"X-CUSTOM_1", b"PROPFIND", b"BREW"])
+async def test_any_token_method_is_echoed(
+    start_app: ServerFactory, no_alarms: None, method: bytes
+) -> None:
+    """aiohttp's C parser refuses methods it does not know with 400; RFC 9110 allows
+    any token, and a proxy under test may forward one."""
+    server = await start_app(max_message_size=LIMIT)
+    request = (
+        method + b" /m HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    )
+    answer, _closed = await exchange(server.port, request)
+    assert echoed(answer) == request
+
+
+async def test_a_method_that_is_no_token_is_still_refused(start_app: ServerFactory) -> None:
+    server = await start_app(max_message_size=LIMIT)
+    answer, _closed = await exchange(server.port, b"F(O /m HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400 ")

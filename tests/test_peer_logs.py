@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import re
+import signal
 import socket
 import struct
 import sys
@@ -22,7 +23,7 @@ from echo.logs import JSON_LINE_LIMIT, TEXT_LINE_LIMIT, JsonFormatter, TextForma
 from echo.refusals import LINES_PER_SECOND
 from tests.reliability.probes import alarming_lines
 from tests.support import ServerProcess, wait_until
-from tests.wsraw import OP_CLOSE, close_payload, encode_frame
+from tests.wsraw import OP_CLOSE, RawWebSocket, close_payload, encode_frame
 
 ServerStarter = Callable[..., ServerProcess]
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -226,3 +227,17 @@ def test_formatters_bound_and_escape_any_record() -> None:
     assert "ValueError: " in json.loads(line)["exception"], "a traceback keeps its end"
     assert "\\x1b[31mRED" in format_both(plain)[0]
     assert "total)" in format_both(plain)[0]
+
+
+async def test_a_peer_that_ignores_the_shutdown_close_makes_no_warning(
+    server_process: ServerStarter,
+) -> None:
+    """A peer that never answers the server's 1001 holds the shutdown for SHUTDOWN_TIMEOUT;
+    that was logged as a WARNING, which any client could cause."""
+    proc = server_process(SHUTDOWN_TIMEOUT="300")
+    raw = await RawWebSocket.connect("127.0.0.1", proc.port)  # and never reads or answers
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    await raw.aclose()
+    assert "shutdown: 1 connection(s) did not close in time" in proc.log()
+    assert alarming_lines(proc.log()) == []

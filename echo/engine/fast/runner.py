@@ -19,13 +19,15 @@ Three changes to aiohttp's own, all below the application:
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections import deque
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_parser import HttpRequestParserPy
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError
 
 from echo.httperrors import ErrorPages
 from echo.metrics import HANDSHAKE_TIMEOUT, METRICS_KEY, Metrics
@@ -46,6 +48,20 @@ class _NoDelayFromListener(BaseProtocol):
 
 
 _DETACHED: deque[Any] = deque(maxlen=0)  # a detached handler's (never used) request queue
+# Methods every HTTP parser knows: a connection whose first request uses another one
+# (a token up to 32 characters) is parsed in Python (EchoRequestHandler._parse_in_python).
+_COMMON_METHODS = frozenset(b"GET HEAD POST PUT DELETE OPTIONS PATCH TRACE CONNECT".split())
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
+
+
+def _unusual_method(data: bytes) -> bool:
+    """Whether ``data``, a connection's first bytes, starts with a method token that is
+    not one of the common methods."""
+    space = data.find(b" ", 0, 33)
+    if space <= 0:
+        return False
+    method = data[:space]
+    return method not in _COMMON_METHODS and _TOKEN.fullmatch(method) is not None
 
 
 class EchoRequestHandler(ErrorPages, _NoDelayFromListener):
@@ -53,7 +69,11 @@ class EchoRequestHandler(ErrorPages, _NoDelayFromListener):
     WebSockets that outlive their request handler (:meth:`detach`), and error answers
     that quote nothing of the request (echo.httperrors)."""
 
-    __slots__ = ()
+    __slots__ = ("_first_data",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._first_data = True
+        super().connection_made(transport)
 
     def detach(self) -> None:
         """Keep the upgraded connection open and fed after the handler returns.
@@ -77,9 +97,34 @@ class EchoRequestHandler(ErrorPages, _NoDelayFromListener):
 
     def data_received(self, data: bytes) -> None:
         if self._messages is not _DETACHED:
+            if self._first_data:
+                self._first_data = False
+                if _unusual_method(data):
+                    self._parse_in_python()
             super().data_received(data)
         elif data and self._payload_parser is not None:
             self._payload_parser.feed_data(data)
+
+    def _parse_in_python(self) -> None:
+        """Parse this connection's requests with aiohttp's pure-Python parser.
+
+        aiohttp's C parser (llhttp) refuses methods it does not know (``FOO``) with
+        400; the Python one takes any token (RFC 9110 9.1), so the HTTP echo can show
+        what a proxy did with them. Same arguments as ``RequestHandler.__init__``.
+        """
+        manager = self._manager
+        assert manager is not None
+        self._parser = HttpRequestParserPy(
+            self,
+            self._loop,
+            self._read_bufsize,
+            max_line_size=self.max_line_size,
+            max_field_size=self.max_field_size,
+            max_headers=self.max_headers,
+            payload_exception=RequestPayloadError,
+            auto_decompress=manager._kwargs.get("auto_decompress", True),
+            max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
+        )
 
     def _process_keepalive(self) -> None:
         already = self._force_close
