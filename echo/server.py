@@ -359,7 +359,8 @@ class EchoServer:
     # -- lifecycle --------------------------------------------------------------------
 
     async def beating(self, _app: web.Application) -> AsyncIterator[None]:
-        """Cleanup context: the shared heartbeat timer runs while the app serves."""
+        """Cleanup context: the shared heartbeat timer runs while the app serves; at the
+        end, the refusals counted but not yet logged are."""
         self.heartbeat.start()
         yield
         self.heartbeat.stop()
