@@ -12,15 +12,19 @@ twenty digits), takes ``server_max_window_bits`` without a value, and finds
 ``permessage-deflate`` inside other extension names. The server therefore checks the
 offers first and, when any permessage-deflate offer is invalid, declines compression
 for that connection (RFC 7692 5: the server declines an offer with an unknown
-parameter, an invalid value or a repeated parameter; it may always decline). The
-connection then goes on uncompressed. When every offer is valid, aiohttp's own choice
-among them stands.
+parameter, an invalid value or a repeated parameter; it may always decline): the
+upgrade goes on with a copy of the request without ``Sec-WebSocket-Extensions``
+(:func:`without_invalid_offers`, public ``Request.clone``), so whichever engine serves
+it negotiates nothing and the connection is uncompressed. When every offer is valid,
+aiohttp's own choice among them stands.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+
+from aiohttp import hdrs, web
 
 EXTENSION = "permessage-deflate"
 _FLAGS = frozenset({"server_no_context_takeover", "client_no_context_takeover"})
@@ -70,3 +74,14 @@ def deflate_offers_valid(headers: Iterable[str]) -> bool:
             if name.strip() != EXTENSION or not _valid_offer(params):
                 return False
     return True
+
+
+def without_invalid_offers(request: web.Request) -> web.Request:
+    """``request``, or a copy without Sec-WebSocket-Extensions if a permessage-deflate
+    offer in it is invalid (compression is then declined)."""
+    offers = request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, [])
+    if not offers or deflate_offers_valid(offers):
+        return request
+    headers = request.headers.copy()
+    headers.popall(hdrs.SEC_WEBSOCKET_EXTENSIONS)
+    return request.clone(headers=headers)

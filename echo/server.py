@@ -28,7 +28,7 @@ from echo.engine.fast.heartbeat import Heartbeat
 from echo.engine.fast.runner import EchoRunner, nodelay_on_listeners
 from echo.engine.fast.sites import TLSSite
 from echo.eventloop import loop_factory
-from echo.handshake import deflate_offers_valid, key_valid
+from echo.handshake import key_valid, without_invalid_offers
 from echo.httpecho import add_http_echo, expect_continue
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event, install_filters
@@ -125,6 +125,7 @@ class EchoServer:
             return request.app[PAGE_KEY].index(request)
         if not key_valid(request.headers.get(hdrs.SEC_WEBSOCKET_KEY)):
             raise web.HTTPBadRequest(text=BAD_HANDSHAKE)  # before aiohttp trips on it
+        request = without_invalid_offers(request)
         origin = request.headers.get(hdrs.ORIGIN)
         if not self.origin_allowed(origin, request):
             return self.refuse(request, Refusal.ORIGIN, origin)
@@ -137,8 +138,7 @@ class EchoServer:
                 autoping=True,
                 autoclose=False,
                 heartbeat=self.heartbeat,
-                compress=self.settings.compression
-                and deflate_offers_valid(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ())),
+                compress=self.settings.compression,
                 # aiohttp refuses a plain frame of exactly max_msg_size bytes but
                 # accepts one byte more when decompressing; serve() checks the rest.
                 max_msg_size=self.settings.max_message_size + 1,
