@@ -35,7 +35,7 @@ log = logging.getLogger("echo.httpecho")
 
 MASK = b"[masked]"
 # Paths with a handler of their own; another method on them is 405, not an echo.
-RESERVED_PATHS = frozenset({"/", "/healthz", "/metrics", "/page.js", "/page.css"})
+RESERVED_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/page.js", "/page.css"})
 # Header names whose values are masked whole (after the special cases of mask_header).
 CREDENTIAL_NAME = re.compile(
     rb"auth|token|secret|passw|session|credential|signature|api[-_]?key", re.IGNORECASE

@@ -13,10 +13,12 @@ Records without an event (aiohttp's own, and lines that are only prose) come out
 Whatever a record holds, and whichever logger wrote it (aiohttp's, asyncio's and
 gunicorn's included), the formatters write lines of printable ASCII of bounded length:
 a text line is at most :data:`TEXT_LINE_LIMIT` characters (each line of a traceback
-too), a JSON line at most :data:`JSON_LINE_LIMIT`. Control and non-ASCII characters
-are escaped (``\\x1b``, ``\\u202e``) and longer lines or values are cut, marked
-``...(N total)``. Peer-controlled strings are also cut earlier, where they are logged
-(:func:`clip`, ``echo.text.preview``), to keep ordinary lines short.
+too), a JSON line at most :data:`JSON_LINE_LIMIT`, except the events of
+:data:`WHOLE_EVENTS` (the start-up settings line, whose length is the configuration's).
+Control and non-ASCII characters are escaped (``\\x1b``, ``\\u202e``) and longer lines
+or values are cut, marked ``...(N total)``. Peer-controlled strings are also cut
+earlier, where they are logged (:func:`clip`, ``echo.text.preview``), to keep ordinary
+lines short.
 
 Nothing a peer does is logged above info: the filters here turn aiohttp's records
 about a peer's malformed request (:class:`BadRequestFilter`) or its unknown
@@ -39,6 +41,8 @@ FIRST_FIELDS = ("conn", "remote")  # after time, level and event; then the event
 TEXT_LINE_LIMIT = 500  # characters per line of the text format (traceback lines too)
 JSON_LINE_LIMIT = 4096  # characters per line of the JSON format
 JSON_VALUE_LIMIT = 500  # characters per string value, before JSON's own escaping
+# Events that carry nothing but the operator's own configuration: escaped, never cut.
+WHOLE_EVENTS = frozenset({"settings"})
 
 
 class BadRequestFilter(logging.Filter):
@@ -108,7 +112,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.message = escape(record.getMessage())
         record.asctime = self.formatTime(record, self.datefmt)
-        line = cut(self.formatMessage(record), TEXT_LINE_LIMIT)
+        line = self.formatMessage(record)
+        if getattr(record, "event", None) not in WHOLE_EVENTS:
+            line = cut(line, TEXT_LINE_LIMIT)
         more = []
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -141,13 +147,14 @@ class JsonFormatter(logging.Formatter):
                 if name in fields:
                     line[name] = fields[name]
             line.update((k, v) for k, v in fields.items() if k not in line)
+        whole = line["event"] in WHOLE_EVENTS
         for name, value in line.items():
             if isinstance(value, str):
-                line[name] = cut(escape(value), JSON_VALUE_LIMIT)
+                line[name] = escape(value) if whole else cut(escape(value), JSON_VALUE_LIMIT)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         text = json.dumps(line, ensure_ascii=True, default=str)
-        while len(text) > JSON_LINE_LIMIT:  # each round cuts the longest value enough
+        while len(text) > JSON_LINE_LIMIT and not whole:  # each round cuts the longest value enough
             name = max(line, key=lambda k: len(line[k]) if isinstance(line[k], str) else 0)
             value = line[name]
             if not isinstance(value, str) or len(value) <= 64:

@@ -3,7 +3,7 @@
 A single client can have thousands of handshakes a second refused (bad origin, over a
 limit); a line for each would let it flood the log. So, per reason, the first
 :data:`LINES_PER_SECOND` refusals of each one-second window are logged one by one
-(``refused remote=... origin=... reason=...``) and the rest are only counted: when
+(``refused remote=... origin=... reason=... (detail)``) and the rest are only counted: when
 the window ends, one line says how many there were
 (``refused reason=origin not_logged=2566 seconds=1``, event ``refused_summary`` in
 JSON). /metrics counts every refusal either way (``echo_handshakes_refused_total``).
@@ -41,7 +41,8 @@ class RefusalLog:
         self._clock = clock
         self._windows: dict[str, _Window] = {}
 
-    def refused(self, remote: str, origin: str | None, reason: str) -> None:
+    def refused(self, remote: str, origin: str | None, reason: str, detail: str) -> None:
+        """One refusal: ``detail`` is the server's own words for it (no peer bytes)."""
         if not self._log.isEnabledFor(logging.INFO):
             return
         now = self._clock()
@@ -53,11 +54,14 @@ class RefusalLog:
         if window.logged < LINES_PER_SECOND:
             window.logged += 1
             self._log.info(
-                "refused remote=%s origin=%s reason=%s",
+                "refused remote=%s origin=%s reason=%s (%s)",
                 remote,
                 "-" if origin is None else preview(origin),
                 reason,
-                extra=event("refused", remote=remote, origin=clip(origin), reason=reason),
+                detail,
+                extra=event(
+                    "refused", remote=remote, origin=clip(origin), reason=reason, detail=detail
+                ),
             )
             return
         window.not_logged += 1
