@@ -136,9 +136,6 @@ class EchoServer:
         upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
         if not upgrade or request.method != hdrs.METH_GET:  # HEAD never upgrades
             return request.app[PAGE_KEY].index(request)
-        if not key_valid(request.headers.get(hdrs.SEC_WEBSOCKET_KEY)):
-            raise web.HTTPBadRequest(text=BAD_HANDSHAKE)  # before aiohttp trips on it
-        request = without_invalid_offers(request)
         origins = request.headers.getall(hdrs.ORIGIN, ())
         origin = origins[0] if origins else None
         if len(origins) > 1:
@@ -148,6 +145,9 @@ class EchoServer:
             return self.refuse(request, Refusal.ORIGIN, origin, why)
         if self.readiness.draining:
             return self.refuse(request, Refusal.DRAINING, origin, "the server is shutting down")
+        if not key_valid(request.headers.get(hdrs.SEC_WEBSOCKET_KEY)):
+            raise web.HTTPBadRequest(text=BAD_HANDSHAKE)  # before aiohttp trips on it
+        request = without_invalid_offers(request)
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
