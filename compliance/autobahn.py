@@ -107,6 +107,15 @@ class EngineRun:
     seconds: float = 0.0
 
 
+def default_parallel(runs_at_once: int) -> int:
+    """Cases per kosoku run so that all runs together keep every CPU busy.
+
+    A case is a strict ping-pong (one message in flight), so one case keeps about one
+    CPU busy between kosoku and the server; see docs/testing.md for the measurements.
+    """
+    return max(1, len(os.sched_getaffinity(0)) // runs_at_once)
+
+
 def find_kosoku() -> str | None:
     return shutil.which("kosoku", path=str(Path(sys.executable).parent)) or shutil.which("kosoku")
 
@@ -146,18 +155,28 @@ def launch(run: EngineRun, kosoku: str, parallel: int, cases: list[str]) -> None
     run.started = time.monotonic()
 
 
-def wait(run: EngineRun, deadline: float) -> int:
-    """Wait for ``run``'s kosoku (until ``deadline``, then kill it); its exit status."""
-    assert run.kosoku is not None
-    try:
-        status = run.kosoku.wait(max(deadline - time.monotonic(), 0.0))
-    except subprocess.TimeoutExpired:
+def wait(runs: list[EngineRun], deadline: float) -> list[int]:
+    """Wait for every run's kosoku (until ``deadline``, then kill what is left), noting
+    when each finished; their exit statuses."""
+    pending = {id(run): run for run in runs}
+    while pending and time.monotonic() < deadline:
+        for key, run in list(pending.items()):
+            assert run.kosoku is not None
+            if run.kosoku.poll() is not None:
+                run.seconds = time.monotonic() - run.started
+                del pending[key]
+        time.sleep(0.2)
+    for run in pending.values():
+        assert run.kosoku is not None
         run.kosoku.kill()
         run.kosoku.wait()
+        run.seconds = time.monotonic() - run.started
         print(f"compliance: {run.engine}: kosoku did not finish in time", file=sys.stderr)
-        status = 1
-    run.seconds = time.monotonic() - run.started
-    return status
+    statuses = []
+    for run in runs:
+        assert run.kosoku is not None
+        statuses.append(1 if id(run) in pending else run.kosoku.returncode)
+    return statuses
 
 
 def verdict(run: EngineRun, status: int, partial: bool) -> bool:
@@ -206,7 +225,7 @@ def run_engines(
             for run in fresh:
                 launch(run, kosoku, parallel, cases)
             deadline = time.monotonic() + RUN_TIMEOUT
-            statuses += [wait(run, deadline) for run in fresh]
+            statuses += wait(fresh, deadline)
     finally:
         for run in runs:
             if run.kosoku is not None and run.kosoku.poll() is None:
@@ -235,13 +254,18 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="run the engines one after the other instead of at the same time",
     )
-    parser.add_argument("--parallel", type=int, default=1, help="cases run at once per engine")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        help="cases run at once per engine (default: the CPUs divided among the engines)",
+    )
     parser.add_argument(
         "--case", action="append", default=[], help="only this case id or glob (repeatable)"
     )
     args = parser.parse_args(argv)
     engines = list(dict.fromkeys(args.engine or ENGINES))
-    sys.exit(run_engines(engines, args.out, args.parallel, args.case, args.sequential))
+    parallel = args.parallel or default_parallel(1 if args.sequential else len(engines))
+    sys.exit(run_engines(engines, args.out, parallel, args.case, args.sequential))
 
 
 if __name__ == "__main__":
