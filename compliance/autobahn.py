@@ -179,11 +179,20 @@ def wait(runs: list[EngineRun], deadline: float) -> list[int]:
     return statuses
 
 
+def wrong_engine(asked: str, reported: str | None) -> str | None:
+    """Why a run does not count for the engine ``asked`` when /healthz names
+    ``reported``, or None if it counts (a server that names no engine predates them)."""
+    if reported is None or asked == "auto" or reported == asked:
+        return None
+    return f"asked for ENGINE={asked}, the server runs {reported}"
+
+
 def verdict(run: EngineRun, status: int, partial: bool) -> bool:
     """Print ``run``'s table; whether it passed."""
     print(f"== engine {run.engine} (/healthz says: {run.reported or 'nothing'})")
-    if run.reported is not None and run.engine != "auto" and run.reported != run.engine:
-        print(f"compliance: asked for ENGINE={run.engine}, the server runs {run.reported}")
+    mismatch = wrong_engine(run.engine, run.reported)
+    if mismatch is not None:
+        print(f"compliance: {mismatch}")
         return False
     index = run.out_dir / "index.json"
     if not index.is_file():

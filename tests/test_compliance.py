@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from compliance.autobahn import CaseResult, read_report, summarise
+from compliance.autobahn import CaseResult, read_report, summarise, wrong_engine
 from harness.process import ROOT
 from tests.support import clean_env
 
@@ -79,3 +79,10 @@ def test_unclean_close_or_unimplemented_is_not_passing() -> None:
 def test_fewer_cases_than_the_suite_is_not_a_pass() -> None:
     _table, ok = summarise([CaseResult("1.1.1", "OK", "OK")], 1.0)
     assert not ok
+
+
+def test_a_run_on_another_engine_than_asked_does_not_count() -> None:
+    assert wrong_engine("fast", "plain") == "asked for ENGINE=fast, the server runs plain"
+    assert wrong_engine("plain", "fast") is not None
+    assert wrong_engine("plain", "plain") is None
+    assert wrong_engine("auto", "plain") is None
