@@ -70,7 +70,17 @@ class Counters(Protocol):
 class EchoQueue(WebSocketDataQueue):
     """A WebSocketDataQueue that echoes plain data messages instead of queueing them."""
 
-    __slots__ = ("counters", "ended", "limit", "response", "transport", "wake", "write_frame")
+    __slots__ = (
+        "counters",
+        "ended",
+        "held",
+        "limit",
+        "owed_pong",
+        "response",
+        "transport",
+        "wake",
+        "write_frame",
+    )
 
     def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
         super().__init__(protocol, limit, loop=loop)
@@ -83,6 +93,20 @@ class EchoQueue(WebSocketDataQueue):
         self.write_frame: Any = writer._write_websocket_frame
         self.wake: Callable[[], None] | None = None  # set by EchoResponse.detach
         self.ended: Callable[[], None] | None = None  # set by EchoResponse.detach
+        # A message has left the queue for receive() and is not echoed yet (see read).
+        self.held = False
+        self.owed_pong: bytes | None = None  # see owe_pong
+
+    async def read(self) -> Any:
+        """aiohttp's read, for ``receive()``; nothing is echoed from the parser until
+        the message it returns has been sent (:meth:`EchoResponse.send_frame`).
+
+        Taking a message out of a full queue resumes the stalled parser inside aiohttp's
+        read, before the message is returned: what that parse reaches must queue up
+        behind it, not overtake it. So must whatever arrives while ``receive()`` waits.
+        """
+        self.held = True
+        return await WebSocketDataQueue.read(self)
 
     def _keep(self, data: Any, size: int) -> None:
         """The ordinary road: queue the message for receive(), and wake its reader."""
@@ -109,10 +133,11 @@ class EchoQueue(WebSocketDataQueue):
         """A control frame, or whatever else the parser queues, on the fast path.
 
         A ping is answered at once with aiohttp's frame writer, as aiohttp's autoping
-        does inside ``receive()``; a pong only proves the peer alive, which the mask
-        check has already noted for the heartbeat; a close frame is answered by
-        :meth:`EchoResponse.answer_close` unless a ``receive()`` is waiting for it.
-        Errors go to ``receive()``.
+        does inside ``receive()``, or once the transport takes writes again
+        (:meth:`owe_pong`); a pong only proves the peer
+        alive, which the mask check has already noted for the heartbeat; a close frame
+        is answered by :meth:`EchoResponse.answer_close` when nothing is before it and
+        no ``receive()`` is waiting for it. Errors go to ``receive()``.
         """
         kind = data[0]
         response = self.response
@@ -123,20 +148,47 @@ class EchoQueue(WebSocketDataQueue):
             or self.transport.is_closing()
         ):
             return self._keep(data, size)
-        # Pings and pongs need not wait behind messages held back in the queue (a
-        # control frame may come between data frames), and a ping left last in the
-        # queue would keep serve()'s task waiting inside receive().
-        if kind is _PING:
-            self.write_frame(data[1], _PONG, 0)
-            return None
+        # Pings and pongs need not wait behind messages held back in the queue: a
+        # control frame may come between data frames.
         if kind is _PONG:
             return None
+        paused = self._protocol._paused
+        if kind is _PING:
+            if not paused:
+                self.write_frame(data[1], _PONG, 0)
+                return None
+            if self.wake is not None:  # detached: our protocol holds reading for it
+                self.owe_pong(data[1])
+                return None
         if kind is _CLOSE and not (
-            self._buffer or self._protocol._paused or response._closing or response._waiting
+            self._buffer or paused or self.held or response._closing or response._waiting
         ):
             response.answer_close(data[1])  # nothing before it, no receive() waiting
             return None
         return self._keep(data, size)
+
+    def owe_pong(self, payload: bytes) -> None:
+        """A ping came while the transport is paused for writing (the peer is not
+        reading): its pong is sent once writing resumes, and until then the connection
+        is not read, as aiohttp's queue stops reading messages it cannot echo.
+
+        Only the latest ping's pong is kept (RFC 6455 5.5.3 allows answering only the
+        most recent one), so a peer that pings and never reads costs at most one
+        payload of 125 bytes, not a pong per ping.
+        """
+        first = self.owed_pong is None
+        self.owed_pong = payload
+        if first:
+            protocol = self._protocol
+            assert isinstance(protocol, EchoRequestHandler)  # detached
+            protocol.hold_until_writable(self.pay_pong)
+
+    def pay_pong(self) -> None:
+        """Writing resumed: send the pong :meth:`owe_pong` kept."""
+        payload, self.owed_pong = self.owed_pong, None
+        transport = self.transport
+        if payload is not None and transport is not None and not transport.is_closing():
+            self.write_frame(payload, _PONG, 0)
 
     def feed_data(self, data: Any, size: int) -> None:
         counters = self.counters
@@ -145,7 +197,7 @@ class EchoQueue(WebSocketDataQueue):
             return self._keep(data, size)
         if kind is not _TEXT and kind is not _BINARY:
             return self._control(data, size)
-        if self._buffer or self._protocol._paused or self.transport.is_closing():
+        if self._buffer or self.held or self._protocol._paused or self.transport.is_closing():
             return self._keep(data, size)
         payload: bytes = data[1]
         n = len(payload)
@@ -186,7 +238,7 @@ class MeteredEchoQueue(EchoQueue):
             return self._keep(data, size)
         if kind is not _TEXT and kind is not _BINARY:
             return self._control(data, size)
-        if self._buffer or self._protocol._paused or self.transport.is_closing():
+        if self._buffer or self.held or self._protocol._paused or self.transport.is_closing():
             return self._keep(data, size)
         payload: bytes = data[1]
         n = len(payload)
@@ -352,6 +404,20 @@ class EchoResponse(web.WebSocketResponse):
                 metrics.received_close(answer)
         return result
 
+    async def send_frame(
+        self, message: bytes, opcode: WSMsgType, compress: int | None = None
+    ) -> None:
+        """aiohttp's send_frame; once the message that ``receive()`` returned is sent,
+        the parser may echo again (see :meth:`EchoQueue.read`).
+
+        aiohttp writes an uncompressed frame before its first await, so ``held`` is
+        cleared with nothing else running between that and the write.
+        """
+        queue = self._reader
+        if isinstance(queue, EchoQueue):
+            queue.held = False
+        await super().send_frame(message, opcode, compress)
+
     def start_echo(self, counters: Counters, max_message_size: int) -> None:
         """Begin echoing from the parser; until now messages waited in the queue."""
         # Compressed connections take the ordinary road: the compressor is shared
@@ -444,5 +510,9 @@ class EchoResponse(web.WebSocketResponse):
             queue.write_frame = None
             queue.wake = None
             queue.ended = None
+            if queue.owed_pong is not None:
+                queue.owed_pong = None
+                if isinstance(queue._protocol, EchoRequestHandler):
+                    queue._protocol.release_hold()
         if self._beats is not None:
             self._beats.discard(self, self._beat_slot)

@@ -1,6 +1,6 @@
 """aiohttp's runner, server and connection protocol as the echo server runs them.
 
-Three changes to aiohttp's own, all below the application:
+Four changes to aiohttp's own, all below the application:
 
 - Handshake timeouts are counted. aiohttp's keep-alive timer cuts off a connection that
   has not sent a complete request in HANDSHAKE_TIMEOUT (see
@@ -14,6 +14,11 @@ Three changes to aiohttp's own, all below the application:
 - An upgraded WebSocket can outlive its request handler
   (:meth:`EchoRequestHandler.detach`, used by ``echo.engine.fast.fastpath.EchoResponse.detach``),
   which frees aiohttp's per-request objects for the connection's life.
+- A detached connection reads its fair share (:data:`READ_BUDGET`): the fast path
+  answers frames inside ``data_received``, so no queue fills and aiohttp's
+  back-pressure never pauses reading; uvloop reads a readable socket up to 32 times
+  (256 KB each) before serving anyone else. After READ_BUDGET bytes the connection
+  stops reading until the next turn of the event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -46,12 +52,20 @@ class _NoDelayFromListener(BaseProtocol):
 
 _DETACHED: deque[Any] = deque(maxlen=0)  # a detached handler's (never used) request queue
 
+# Bytes a detached connection reads before it lets every other connection have its
+# turn: about one full socket read (256 KiB for uvloop and asyncio), which is also what
+# aiohttp's own queue lets in before it pauses a reader that the handler cannot keep
+# up with. Small enough that one peer streaming tiny frames holds the loop for a few
+# milliseconds at most; large enough that a connection echoing 64 KiB messages pauses
+# only once in four.
+READ_BUDGET = 256 * 1024
+
 
 class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
     """aiohttp's connection protocol: TCP_NODELAY from the listener, timeouts counted,
     and WebSockets that outlive their request handler (:meth:`detach`)."""
 
-    __slots__ = ()
+    __slots__ = ("_on_writable", "_unyielded")
 
     def detach(self) -> None:
         """Keep the upgraded connection open and fed after the handler returns.
@@ -66,6 +80,8 @@ class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
         """
         self._force_close = True
         self._messages = _DETACHED
+        self._unyielded = 0  # bytes read since reading last paused for others (READ_BUDGET)
+        self._on_writable: Callable[[], None] | None = None  # see hold_until_writable
         task = self._task_handler
         if task is not None:
             task.add_done_callback(self._forget_task)
@@ -73,11 +89,43 @@ class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
     def _forget_task(self, _task: Any) -> None:
         self._task_handler = None
 
+    def hold_until_writable(self, callback: Callable[[], None]) -> None:
+        """Stop reading until the transport takes writes again, then call ``callback``
+        (a detached connection's reply that could not be written, see
+        ``EchoQueue.owe_pong``). It holds reading as aiohttp holds it for a buffer it
+        cannot drain yet, so neither aiohttp's queue nor the read budget resumes it."""
+        self._on_writable = callback
+        self._pause_reading_for_buffer()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._messages is _DETACHED and (callback := self._on_writable) is not None:
+            self._on_writable = None
+            callback()
+            self._resume_reading_for_buffer()
+
+    def release_hold(self) -> None:
+        """Forget the callback of :meth:`hold_until_writable` (the connection is over)."""
+        if self._messages is _DETACHED:
+            self._on_writable = None
+
     def data_received(self, data: bytes) -> None:
         if self._messages is not _DETACHED:
             super().data_received(data)
         elif data and self._payload_parser is not None:
             self._payload_parser.feed_data(data)
+            self._unyielded += len(data)
+            if self._unyielded >= READ_BUDGET:
+                self._unyielded = 0
+                self._pause_transport_reading()
+                self._loop.call_soon(self._take_turn)
+
+    def _take_turn(self) -> None:
+        """Read again, one turn of the event loop after the budget paused reading;
+        unless aiohttp's back-pressure has paused it meanwhile (a full queue or an
+        unparsed tail): then aiohttp resumes it, when it drains."""
+        if not (self._reading_paused or self._buffer_paused):
+            self._resume_transport_reading()
 
     def _process_keepalive(self) -> None:
         already = self._force_close
