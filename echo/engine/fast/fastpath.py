@@ -20,16 +20,25 @@ upgraded: :meth:`EchoResponse.detach` lets it return without closing the WebSock
 
 Everything else takes the ordinary road through the queue to ``EchoServer.serve``,
 woken by the queue (``wake``) and run in a short-lived task until the queue is empty:
-any message while earlier ones are still queued (order), messages over the size limit
-or with invalid UTF-8 (serve closes with 1009 / 1007), protocol errors, anything while
-the transport is paused for writing (serve awaits the drain, and a full queue pauses
+any message while earlier ones are still queued or while one that ``receive()`` took is
+not sent yet (order, :meth:`EchoQueue.read`), messages over the size limit or with
+invalid UTF-8 (serve closes with 1009 / 1007), protocol errors, anything while the
+transport is paused for writing (serve awaits the drain, and a full queue pauses
 reading: back-pressure is kept), closing connections, compressed connections (the
 compressor is shared with serve's sends) and debug logging (serve logs a preview).
 Under aiohttp's own runner (adev's development server) nothing is detached and the
 handler serves until the end, as aiohttp intends.
 
-With metrics on (METRICS=true), :class:`MeteredEchoQueue` also counts binary messages
-apart and the size of each message in the shared histogram of echo.metrics, and
+Replies are bounded like echoes: a ping that comes while the transport is paused for
+writing is answered once writing resumes, with reading held until then
+(:meth:`EchoQueue.owe_pong`), so a peer that pings and never reads cannot make the
+server buffer pongs. And since echoing from the parser's callback never fills a
+queue, aiohttp's back-pressure never pauses a peer that streams small frames and
+reads its echoes: the connection protocol pauses it after a read budget instead
+(``echo.engine.fast.runner.READ_BUDGET``), so it cannot hold the event loop.
+
+With metrics on (METRICS=true), :class:`EchoQueue` also counts binary messages apart
+and the size of each message in the shared histogram of echo.metrics, and
 :meth:`EchoResponse.close` and :meth:`EchoResponse.answer_close` count the close codes
 sent and received.
 """
@@ -38,7 +47,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.helpers import PACK_CLOSE_CODE
@@ -58,25 +67,22 @@ _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
 
 
-class Counters(Protocol):
-    """What the fast path updates for the connection's close log line."""
-
-    messages_in: int
-    messages_out: int
-    bytes_in: int
-    bytes_out: int
-
-
 class EchoQueue(WebSocketDataQueue):
-    """A WebSocketDataQueue that echoes plain data messages instead of queueing them."""
+    """A WebSocketDataQueue that echoes plain data messages instead of queueing them.
+
+    With metrics (``sizes`` is not None) it also counts binary messages apart and each
+    message's size in the shared histogram of echo.metrics.
+    """
 
     __slots__ = (
+        "bounds",
         "counters",
         "ended",
         "held",
         "limit",
         "owed_pong",
         "response",
+        "sizes",
         "transport",
         "wake",
         "write_frame",
@@ -86,7 +92,10 @@ class EchoQueue(WebSocketDataQueue):
         super().__init__(protocol, limit, loop=loop)
         writer = response._writer
         assert writer is not None
-        self.counters: Counters | None = None  # set by EchoResponse.start_echo
+        self.counters: Traffic | None = None  # set by EchoResponse.start_echo
+        metrics = response._metrics
+        self.bounds: tuple[int, ...] = () if metrics is None else metrics.bounds
+        self.sizes: list[int] | None = None if metrics is None else metrics.sizes
         self.limit = 0
         self.response: EchoResponse | None = response
         self.transport: Any = writer.transport
@@ -212,47 +221,9 @@ class EchoQueue(WebSocketDataQueue):
         counters.bytes_in += n
         counters.messages_out += 1
         counters.bytes_out += n
-        return None
-
-
-class MeteredEchoQueue(EchoQueue):
-    """EchoQueue that also counts binary messages apart and each message's size.
-
-    ``feed_data`` repeats EchoQueue's checks rather than calling it, so the echo costs
-    one Python call per message either way; keep the two in step.
-    """
-
-    __slots__ = ("bounds", "sizes")
-
-    def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
-        super().__init__(protocol, limit, loop=loop, response=response)
-        metrics = response._metrics
-        assert metrics is not None
-        self.bounds = metrics.bounds
-        self.sizes = metrics.sizes
-
-    def feed_data(self, data: Any, size: int) -> None:
-        counters: Traffic | None = self.counters  # type: ignore[assignment]
-        kind = data[0]
-        if counters is None:
-            return self._keep(data, size)
-        if kind is not _TEXT and kind is not _BINARY:
-            return self._control(data, size)
-        if self._buffer or self.held or self._protocol._paused or self.transport.is_closing():
-            return self._keep(data, size)
-        payload: bytes = data[1]
-        n = len(payload)
-        if n > self.limit or (kind is _TEXT and not payload.isascii() and not is_utf8(payload)):
-            return self._keep(data, size)
-        response = self.response
-        assert response is not None
-        if response.closed:
-            return self._keep(data, size)
-        self.write_frame(payload, kind, 0)
-        counters.messages_in += 1
-        counters.bytes_in += n
-        counters.messages_out += 1
-        counters.bytes_out += n
+        sizes = self.sizes
+        if sizes is None:
+            return None
         if kind is _BINARY:
             counters.binary_in += 1
             counters.binary_bytes_in += n
@@ -260,9 +231,9 @@ class MeteredEchoQueue(EchoQueue):
             counters.binary_bytes_out += n
         # Small messages, the common case, skip the bisect call (a few % of throughput).
         if n <= 64:
-            self.sizes[0 if n <= 16 else 1] += 1
+            sizes[0 if n <= 16 else 1] += 1
         else:
-            self.sizes[bisect_left(self.bounds, n)] += 1
+            sizes[bisect_left(self.bounds, n)] += 1
         return None
 
 
@@ -361,8 +332,7 @@ class EchoResponse(web.WebSocketResponse):
             self._beat_slot = self._beats.add(self)
         loop = self._loop
         assert loop is not None
-        kind = EchoQueue if self._metrics is None else MeteredEchoQueue
-        queue = kind(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
+        queue = EchoQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
         self._reader = queue
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
@@ -418,7 +388,7 @@ class EchoResponse(web.WebSocketResponse):
             queue.held = False
         await super().send_frame(message, opcode, compress)
 
-    def start_echo(self, counters: Counters, max_message_size: int) -> None:
+    def start_echo(self, counters: Traffic, max_message_size: int) -> None:
         """Begin echoing from the parser; until now messages waited in the queue."""
         # Compressed connections take the ordinary road: the compressor is shared
         # with serve()'s sends.
