@@ -48,7 +48,7 @@ REPORT = Path("reports/bench.json")
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
-    mode: str  # echo, idle or handshake (see echo.bench_client)
+    mode: str  # echo, idle, handshake or fairness (see bench.client)
     connections: int
     kind: str = "text"
     size: int = 32
@@ -81,6 +81,25 @@ def scenarios(quick: bool) -> list[Scenario]:
         ),
         Scenario(
             "handshakes", "handshake", 8 if quick else 32, metric="handshakes_per_s", target=1.0
+        ),
+        # A bystander's echo while one peer streams 125-byte messages (or pings) and
+        # reads the replies: the fast path must not let it hold the loop (issue 13).
+        Scenario(
+            "fairness, text hog",
+            "fairness",
+            1,
+            metric="rtt_max_ms",
+            higher_is_better=False,
+            target=1.0,
+        ),
+        Scenario(
+            "fairness, ping hog",
+            "fairness",
+            1,
+            kind="ping",
+            metric="rtt_max_ms",
+            higher_is_better=False,
+            target=1.0,
         ),
     ]
 
@@ -199,6 +218,8 @@ def summarise(s: Scenario, results: dict[str, list[dict[str, Any]]]) -> dict[str
         "rtt_p99_us",
         "cpu_s_per_1k",
     ]
+    if s.mode == "fairness":
+        extra = ["rtt_p99_us", "rtt_p50_us", "hog_msgs_per_s", "hog_per_bystander"]
     keys = [s.metric] + (extra if s.mode != "idle" else [])
     summary: dict[str, Any] = {"metric": s.metric, "target": s.target}
     for key in keys:
@@ -243,19 +264,27 @@ def table(plan: list[Scenario], summaries: list[dict[str, Any]]) -> str:
         "rtt_p50_us": ("RTT p50 us", 0),
         "rtt_p99_us": ("RTT p99 us", 0),
         "cpu_s_per_1k": ("CPU s/1k", 4),
+        "rtt_max_ms": ("RTT max ms", 1),
+        "hog_msgs_per_s": ("hog msgs/s", 0),
+        "hog_per_bystander": ("hog per bystander", 0),
     }
     for s, summary in zip(plan, summaries, strict=True):
         errors = summary["errors"]
         error_text = f"{errors['real']}/{errors['reference']}"
         first = True
-        for key, (label, digits) in labels.items():
+        for key in [s.metric, *(k for k in labels if k != s.metric)]:
             if key not in summary:
                 continue
+            label, digits = labels[key]
             row = summary[key]
             target = ""
             if (first or key == "per_cpu_s") and s.target is not None:
-                ok = row["ratio"] is not None and row["ratio"] >= s.target
-                target = f">={s.target:.2f}{' ok' if ok else ' NO'}"
+                if s.higher_is_better:
+                    ok = row["ratio"] is not None and row["ratio"] >= s.target
+                    target = f">={s.target:.2f}{' ok' if ok else ' NO'}"
+                else:
+                    ok = row["ratio"] is not None and row["ratio"] <= s.target
+                    target = f"<={s.target:.2f}{' ok' if ok else ' NO'}"
             if first and s.mode == "idle":
                 ok = row["real"] is not None and row["real"] <= 8.0
                 target = f"<=8KiB{' ok' if ok else ' NO'}"
