@@ -143,10 +143,10 @@ class EchoQueue(WebSocketDataQueue):
 
         A ping is answered at once with aiohttp's frame writer, as aiohttp's autoping
         does inside ``receive()``, or once the transport takes writes again
-        (:meth:`owe_pong`); a pong only proves the peer
-        alive, which the mask check has already noted for the heartbeat; a close frame
-        is answered by :meth:`EchoResponse.answer_close` when nothing is before it and
-        no ``receive()`` is waiting for it. Errors go to ``receive()``.
+        (:meth:`owe_pong`); a pong only proves the peer alive, which the mask check has
+        already noted for the heartbeat; a close frame is answered by
+        :meth:`EchoResponse.answer_close` when nothing is before it and no
+        ``receive()`` is waiting for it. Errors go to ``receive()``.
         """
         kind = data[0]
         response = self.response
@@ -381,7 +381,8 @@ class EchoResponse(web.WebSocketResponse):
         the parser may echo again (see :meth:`EchoQueue.read`).
 
         aiohttp writes an uncompressed frame before its first await, so ``held`` is
-        cleared with nothing else running between that and the write.
+        cleared with nothing else running between that and the write (compressed
+        connections never echo from the parser).
         """
         queue = self._reader
         if isinstance(queue, EchoQueue):
