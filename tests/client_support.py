@@ -23,7 +23,7 @@ from echo.config import ClientSettings
 from tests.support import clean_env
 
 SUMMARY = re.compile(
-    r"^summary sent=(?P<sent>\d+) echoed=(?P<echoed>\d+) resent=(?P<resent>\d+) "
+    r"^summary sent=(?P<sent>\d+) echoed=(?P<echoed>\d+) lost=(?P<lost>\d+) resent=(?P<resent>\d+) "
     r"mismatched=(?P<mismatched>\d+) reconnects=(?P<reconnects>\d+) "
     r"rtt_p50_ms=(?P<p50>\d+\.\d{3}|nan) rtt_p99_ms=(?P<p99>\d+\.\d{3}|nan)$"
 )
@@ -56,7 +56,6 @@ def fast_client_env(**variables: str) -> dict[str, str]:
         MESSAGE_INTERVAL="20",
         RECONNECT_INTERVAL="20",
         RECONNECT_MAX_INTERVAL="50",
-        ORIGIN="ws://127.0.0.1",
         PYTHONWARNINGS="always::ResourceWarning",  # shown on stderr, where tests look
     )
     env.update(variables)
