@@ -1,32 +1,30 @@
-"""``echo-client``: the command line, the mode it picks, and the exit status.
+"""``echo-client``: the command line and the mode it picks.
 
 The settings come from the environment, ``.env`` and the flags (flags win), validated
-by :class:`echo.config.ClientSettings`. Exit status: 0 when the run ended with nothing
-lost and nothing mismatched; 1 when the client could not do its job (a refusal such as
-HTTP 403, an untrusted certificate, a redirect it will not follow, RECONNECT_MAX_ATTEMPTS
-used up); 2 for a bad setting or flag (one line on stderr); 3 when messages were lost
-(sent, never answered) or answers did not match.
+by :class:`echo.config.ClientSettings`; the exit status is described in
+:mod:`echo.client.running`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from echo.client.errors import FatalError
 from echo.client.events import configure_output, emit
+from echo.client.running import (
+    EXIT_CONFIG,
+    EXIT_LOST,
+    EXIT_OK,
+    report_fatal,
+    run_until_signal,
+)
 from echo.client.stream import EchoClient
 from echo.client.tracker import Stats
 from echo.config import ClientSettings, ConfigError, load_environment
 from echo.eventloop import loop_factory
-
-T = TypeVar("T")
-
-EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_LOST = 0, 1, 2, 3
 
 EPILOG = """\
 examples:
@@ -152,28 +150,6 @@ def parse_flags(argv: list[str] | None) -> dict[str, str | list[str]]:
     return flags
 
 
-async def run_until_signal(
-    work: Awaitable[T], stop: Callable[[bool], None], stopping: Callable[[], bool]
-) -> T:
-    """Await ``work``; the first SIGINT/SIGTERM calls ``stop(True)`` (finish gently),
-    a second ``stop(False)`` (at once)."""
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        again = stopping()
-        emit("signal", "second signal: closing now" if again else "signal received: stopping")
-        stop(not again)
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for signum in signals:
-        loop.add_signal_handler(signum, on_signal)
-    try:
-        return await work
-    finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
-
-
 def report_summary(stats: Stats, settings: ClientSettings, line: str | None = None) -> None:
     """The summary: one text line on stdout, or the ``summary`` event with --json."""
     if settings.json:
@@ -194,8 +170,7 @@ def _run_stream(settings: ClientSettings) -> int:
     except FatalError as error:
         if client.stats.sent:
             report_summary(client.stats, settings)
-        print(f"echo-client: {error}", file=sys.stderr)
-        return EXIT_FATAL
+        return report_fatal(error)
     report_summary(stats, settings)
     return EXIT_OK if stats.clean else EXIT_LOST
 

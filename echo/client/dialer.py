@@ -28,6 +28,7 @@ import contextvars
 import json
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Literal
@@ -38,9 +39,10 @@ from aiohttp import WSMsgType, hdrs
 from aiohttp.http_websocket import WSMessageNoDecodeText
 from yarl import URL
 
-from echo.client.backoff import parse_retry_after
+from echo.client.backoff import Attempts, parse_retry_after
 from echo.client.errors import (
     CertificateUntrusted,
+    GaveUp,
     HandshakeRefused,
     OriginRefused,
     RedirectRefused,
@@ -422,7 +424,7 @@ class Dialer:
                 aiohttp_socks.ProxyConnectionError,
                 aiohttp_socks.ProxyTimeoutError,
             ) as error:
-                what = preview(str(error) or type(error).__name__)
+                what = _failure(error)
                 if settings.proxy and isinstance(error, aiohttp_socks.ProxyError | OSError):
                     what = f"{what} (proxy {redact_proxy(settings.proxy)})"
                 raise ConnectFailed(f"{what}{via}") from None
@@ -557,8 +559,72 @@ class _Transport:
             self.transport.abort()
 
 
+def _failure(error: BaseException) -> str:
+    """A failed connection in a few words: '127.0.0.1:8080: connection refused'."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        cause = error.os_error
+        what = (cause.strerror or str(cause) or type(cause).__name__).lower()
+        if isinstance(cause, ConnectionRefusedError) or "connect call failed" in what:
+            what = "connection refused"
+        return f"{error.host}:{error.port}: {preview(what, 100)[1:-1]}"
+    return preview(str(error) or type(error).__name__)
+
+
 def _certificate_reason(cause: BaseException) -> str:
     """What verification said: 'certificate verify failed: unable to get local issuer...'."""
     if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
         return f"certificate verify failed: {cause.verify_message}"
     return str(cause) or type(cause).__name__
+
+
+async def connect_retrying(
+    dialer: Dialer,
+    session: aiohttp.ClientSession,
+    attempts: Attempts,
+    stop: asyncio.Event,
+    level: int = logging.INFO,
+    on_failure: Callable[[ConnectFailed], None] | None = None,
+) -> Link | None:
+    """Attempts until one connects (the Link), ``stop`` is set (None), or the attempts
+    run out (GaveUp); each failure is one line with the attempt number and next delay,
+    and is passed to ``on_failure``."""
+    while not stop.is_set():
+        attempts.start()
+        attempt = asyncio.ensure_future(dialer.connect(session))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({attempt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (attempt, stopper):
+                task.cancel()
+            await asyncio.gather(attempt, stopper, return_exceptions=True)
+        if attempt.cancelled():
+            return None
+        failure = attempt.exception()
+        if failure is None:
+            return attempt.result()
+        if not isinstance(failure, ConnectFailed):
+            raise failure
+        if on_failure is not None:
+            on_failure(failure)
+        if attempts.exhausted:
+            raise GaveUp(attempts.number, dialer.settings.url, failure.reason)
+        delay = attempts.next_delay(failure.retry_after)
+        log.log(
+            level,
+            "cannot connect (attempt %s): %s; retrying in %.3f s",
+            attempts.label(),
+            failure.reason,
+            delay,
+            extra=event(
+                "connect_failed",
+                attempt=attempts.number,
+                reason=failure.reason,
+                status=failure.busy or None,
+                retry_after=failure.retry_after,
+                delay=round(delay, 3),
+            ),
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    return None

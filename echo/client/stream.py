@@ -27,7 +27,13 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from echo.client.backoff import Attempts, Backoff
-from echo.client.dialer import ConnectFailed, Dialer, Link, close_description
+from echo.client.dialer import (
+    ConnectFailed,
+    Dialer,
+    Link,
+    close_description,
+    connect_retrying,
+)
 from echo.client.errors import GaveUp
 from echo.client.payloads import Payloads
 from echo.client.tracker import EchoTracker, Kind, Match, Stats
@@ -217,77 +223,42 @@ class EchoClient:
         loop = asyncio.get_running_loop()
         attempts = self._attempts
         while not (self._stopping or self._finished.is_set()):
-            attempts.start()
-            retry_after = None
-            try:
-                link = await self._connect(session)
-            except ConnectFailed as failure:
-                if self._stopping:
-                    break
-                self.stats.failed_attempts += 1
-                if failure.busy:
-                    self.stats.refusals += 1
-                if attempts.exhausted:
-                    raise GaveUp(attempts.number, self.settings.url, failure.reason) from None
-                retry_after = failure.retry_after
-                delay = attempts.next_delay(retry_after)
-                log.log(
-                    self._info,
-                    "cannot connect (attempt %s): %s; retrying in %.3f s",
-                    attempts.label(),
-                    failure.reason,
-                    delay,
-                    extra=event(
-                        "connect_failed",
-                        attempt=attempts.number,
-                        reason=failure.reason,
-                        status=failure.busy or None,
-                        retry_after=retry_after,
-                        delay=round(delay, 3),
-                    ),
-                )
-            else:
-                if link is None:
-                    break  # stopped during the handshake
-                opened = loop.time()
-                reason = await self._converse(link)
-                if self._echoes_here or loop.time() - opened >= self.settings.healthy_after:
-                    attempts.healthy()
-                self._down_since = loop.time()
-                if self._stopping or self._finished.is_set():
-                    break
-                if attempts.exhausted:
-                    raise GaveUp(attempts.number, self.settings.url, reason) from None
-                delay = attempts.next_delay()
-                log.log(
-                    self._info,
-                    "reconnecting in %.3f s",
-                    delay,
-                    extra=event("backoff", delay=round(delay, 3)),
-                )
+            link = await connect_retrying(
+                self._dialer,
+                session,
+                attempts,
+                self._stop_requested,
+                self._info,
+                self._count_failure,
+            )
+            if link is None:
+                break  # stopped while connecting or waiting
+            if self._stopping and not self._tracker.pending:
+                await link.close(hurry=True)
+                break
+            opened = loop.time()
+            reason = await self._converse(link)
+            if self._echoes_here or loop.time() - opened >= self.settings.healthy_after:
+                attempts.healthy()
+            self._down_since = loop.time()
+            if self._stopping or self._finished.is_set():
+                break
+            if attempts.exhausted:
+                raise GaveUp(attempts.number, self.settings.url, reason)
+            delay = attempts.next_delay()
+            log.log(
+                self._info,
+                "reconnecting in %.3f s",
+                delay,
+                extra=event("backoff", delay=round(delay, 3)),
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
 
-    async def _connect(self, session: aiohttp.ClientSession) -> Link | None:
-        """One handshake, given up (None) if stop() is called meanwhile."""
-        attempt = asyncio.ensure_future(self._dialer.connect(session))
-        stop_waiter = asyncio.ensure_future(self._stop_requested.wait())
-        try:
-            await asyncio.wait({attempt, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (attempt, stop_waiter):
-                task.cancel()
-            await asyncio.gather(attempt, stop_waiter, return_exceptions=True)
-        if attempt.cancelled():
-            return None
-        error = attempt.exception()
-        if error is not None:
-            raise error
-        link = attempt.result()
-        if self._stopping and not self._tracker.pending:
-            await link.close(hurry=True)
-            return None
-        return link
+    def _count_failure(self, failure: ConnectFailed) -> None:
+        self.stats.failed_attempts += 1
+        if failure.busy:
+            self.stats.refusals += 1
 
     async def _converse(self, link: Link) -> str:
         """Run one connection until it is lost or the client is finished; say why it ended."""
