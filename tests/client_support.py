@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from echo.config import ClientSettings
 from tests.support import clean_env
@@ -254,3 +256,24 @@ class SilentServer:
             conn.ended = True
         finally:
             writer.transport.abort()
+
+
+def run_client(
+    args: list[str], cwd: Path, timeout: float = 60, **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m echo.client ARGS`` to its end, stdin closed; stdout and stderr as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "echo.client", *args],
+        env=fast_client_env(**variables),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def json_events(stdout: str) -> list[dict[str, Any]]:
+    """The JSON lines of ``--json`` output, each parsed (all of stdout must be JSON)."""
+    return [json.loads(line) for line in stdout.splitlines()]
