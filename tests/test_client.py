@@ -564,6 +564,32 @@ async def test_heartbeat_keeps_a_quiet_healthy_connection(server_process: Server
         (["--count", "-1"], {}, "--count"),
         (["--size", "0"], {}, "--size"),
         (["--origin", "not an origin"], {}, "--origin"),
+        ([], {"RECONNECT_MAX_ATTEMPTS": "-1"}, "RECONNECT_MAX_ATTEMPTS"),
+        (["--max-attempts", "x"], {}, "--max-attempts"),
+        ([], {"PORT": "0"}, "PORT"),
+        (["-H", "no colon"], {}, "--header"),
+        (["-H", "Bad Name: x"], {}, "--header"),
+        (["-H", "X-Ok: line\nbreak"], {}, "--header"),
+        (["-H", "Sec-WebSocket-Protocol: chat"], {}, "--header"),
+        (["--subprotocol", "a b"], {}, "--subprotocol"),
+        (["--proxy", "ftp://127.0.0.1:21"], {}, "--proxy"),
+        (["--proxy", "http://127.0.0.1"], {}, "--proxy"),
+        (["--proxy", "socks5://u:secret@127.0.0.1:1080/path"], {}, "--proxy"),
+        (["--cert", "/nonexistent.pem"], {}, "--cert"),
+        (["--key", "/nonexistent.pem"], {}, "--cert"),
+        (["--connections", "0"], {}, "--connections"),
+        (["--connections", "10", "--rate", "0"], {}, "--rate"),
+        (["--connections", "10", "--rate", "5", "--in-flight", "2"], {}, "--in-flight"),
+        (["--connections", "10", "--in-flight", "101"], {}, "--in-flight"),
+        (["--rate", "5"], {}, "--rate"),
+        (["--pipe", "--count", "3"], {}, "--count"),
+        (["--pipe", "--base64", "--hex"], {}, "--hex"),
+        (["--hex"], {}, "--hex"),
+        (["--pipe", "--wait", "-1"], {}, "--wait"),
+        (["--probe-idle", "0"], {}, "--probe-idle"),
+        (["--probe-idle", "1000", "--pipe"], {}, "--probe-idle"),
+        (["-i", "--json"], {}, "--json"),
+        (["--duration", "soon"], {}, "--duration"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(
@@ -583,7 +609,34 @@ def test_bad_configuration_exits_2_with_one_line(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"echo-client: invalid {name}=")
     assert "expected" in lines[0]
+    assert "secret" not in lines[0], "no credentials in error lines"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nonsense"], "echo-client: unrecognized arguments: --nonsense"),
+        (
+            ["ws://a/", "--url", "ws://b/"],
+            "echo-client: give the URL once: as an argument or with --url",
+        ),
+        (["--connections"], "echo-client: argument --connections: expected one argument"),
+    ],
+)
+def test_command_line_mistakes_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "echo.client", *args],
+        env=fast_client_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (2, message + "\n", "")
 
 
 async def test_stop_while_disconnected_ends_promptly() -> None:

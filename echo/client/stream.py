@@ -386,6 +386,7 @@ class EchoClient:
                     log.debug("%d messages unanswered: not sending", len(tracker.pending))
                 next_at = max(next_at + interval, loop.time())
                 await asyncio.sleep(next_at - loop.time())
+            self._check_finished()  # the budget may have run out with nothing pending here
         except (ConnectionError, aiohttp.ClientError) as error:
             # The receiver notices the loss too; unsent messages stay pending.
             log.debug("send failed: %s", preview(str(error)))
