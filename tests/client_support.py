@@ -259,12 +259,13 @@ class SilentServer:
 
 
 def run_client(
-    args: list[str], cwd: Path, timeout: float = 60, **variables: str
+    args: list[str], cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m echo.client ARGS`` to its end, stdin closed; stdout and stderr as text."""
+    """``python -m echo.client ARGS`` to its end, stdin closed; stdout and stderr as text;
+    ``env`` adds variables to :func:`fast_client_env`."""
     return subprocess.run(
         [sys.executable, "-m", "echo.client", *args],
-        env=fast_client_env(**variables),
+        env=fast_client_env(**(env or {})),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,

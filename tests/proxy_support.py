@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -54,10 +55,8 @@ class _Proxy:
                 self.proc.kill()
                 self.proc.wait(10)
         for pid in self._children:  # acceptor processes that outlived their parent
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._out.close()
 
 

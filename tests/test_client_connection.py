@@ -79,7 +79,7 @@ async def recorder() -> AsyncIterator[Recorder]:
 
 
 async def client(args: list[str], cwd: Path, **variables: str) -> Any:
-    return await asyncio.to_thread(run_client, args, cwd, **variables)
+    return await asyncio.to_thread(run_client, args, cwd, 60, variables)
 
 
 # -- headers, subprotocols, compression, the handshake shown ----------------------------

@@ -88,6 +88,54 @@ def test_flags_win_over_the_environment() -> None:
     assert settings.healthy_after == 0.8
 
 
+def test_modes_and_connection_options_from_the_command_line() -> None:
+    def settings(*argv: str) -> ClientSettings:
+        return ClientSettings.from_env({}, parse_flags(list(argv)))
+
+    default = settings("ws://h/")
+    assert (default.url, default.mode, default.compression, default.headers) == (
+        "ws://h/",
+        "stream",
+        True,
+        (),
+    )
+    load = settings("ws://h/", "--connections", "200", "--rate", "2000", "--duration", "10000")
+    assert load.load == LoadOptions(connections=200, rate=2000, in_flight=None)
+    assert (load.mode, load.duration) == ("load", 10.0)
+    assert settings("--url", "ws://h/", "--pipe", "--hex", "--wait", "0").pipe == PipeOptions(
+        encoding="hex", wait=0.0
+    )
+    assert settings("ws://h/", "--pipe", "--binary").pipe == PipeOptions(encoding="raw")
+    assert settings("ws://h/", "--probe-idle", "120000").probe_idle == 120.0
+    assert settings("ws://h/", "-i").mode == "interactive"
+    options = settings(
+        "wss://h/",
+        "-H",
+        "X-A: 1",
+        "--header",
+        "X-B:two words ",
+        "--subprotocol",
+        "v2",
+        "--subprotocol",
+        "chat",
+        "--proxy",
+        "socks5h://u:p@127.0.0.1:1080",
+        "--insecure",
+        "--no-compression",
+        "--show-handshake",
+        "--follow-redirects",
+        "--max-attempts",
+        "5",
+        "--json",
+    )
+    assert options.headers == (("X-A", "1"), ("X-B", "two words"))
+    assert options.subprotocols == ("v2", "chat")
+    assert options.proxy == "socks5h://u:p@127.0.0.1:1080"
+    assert (options.insecure, options.compression, options.show_handshake) == (True, False, True)
+    assert (options.follow_redirects, options.max_attempts, options.json) == (True, 5, True)
+    assert ClientSettings.from_env({"RECONNECT_MAX_ATTEMPTS": "7"}).max_attempts == 7
+
+
 def test_env_file_is_read_for_the_client(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("WS_URL=ws://127.0.0.1:7000/\nMESSAGE_COUNT=4\n")
     settings = ClientSettings.from_env(load_environment({"MESSAGE_COUNT": "6"}, tmp_path / ".env"))
