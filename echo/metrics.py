@@ -15,7 +15,7 @@ Every app has its own :class:`prometheus_client.CollectorRegistry` (never the gl
 one), with prometheus_client's process collector (memory, CPU, descriptors) beside it.
 
 Handshake timeouts happen below the application, in aiohttp's connection protocol; the
-connection protocol of echo.runner counts them here.
+connection protocol of echo.engine.fast.runner counts them here.
 """
 
 from __future__ import annotations

@@ -23,9 +23,11 @@ from aiohttp import WSMsgType, hdrs, web
 
 from echo import protocol
 from echo.config import ConfigError, ServerSettings, load_environment
+from echo.engine.fast.fastpath import EchoResponse
+from echo.engine.fast.heartbeat import Heartbeat
+from echo.engine.fast.runner import EchoRunner, nodelay_on_listeners
+from echo.engine.fast.sites import TLSSite
 from echo.eventloop import loop_factory
-from echo.fastpath import EchoResponse
-from echo.heartbeat import Heartbeat
 from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
@@ -33,9 +35,8 @@ from echo.metrics import Metrics, add_metrics
 from echo.origins import Origin, own_origin, parse_origin
 from echo.page import PAGE_KEY, PageOptions, add_page, development_options
 from echo.proxies import TrustedProxies
-from echo.runner import EchoRunner, nodelay_on_listeners
 from echo.text import preview
-from echo.tls import TLSSite, server_context
+from echo.tls import server_context
 
 log = logging.getLogger("echo.server")
 
@@ -110,9 +111,9 @@ class EchoServer:
     async def root(self, request: web.Request) -> web.StreamResponse:
         """``GET /``: the WebSocket echo, or the browser console for a plain GET.
 
-        Admission, upgrade, then (under echo.runner's protocol) the connection is
+        Admission, upgrade, then (under echo.engine.fast.runner's protocol) the connection is
         detached and this returns: the fast path echoes, ``_wake`` serves what it
-        cannot, ``_ended`` books the end (echo.fastpath). Under aiohttp's own
+        cannot, ``_ended`` books the end (echo.engine.fast.fastpath). Under aiohttp's own
         protocol (adev's dev server) it serves until the connection ends.
         """
         if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
@@ -262,7 +263,7 @@ class EchoServer:
         """Echo every data message back as it came, until the connection ends, or with
         ``until_idle`` until nothing waits in the queue (a detached connection).
 
-        Plain messages are echoed by the parser's queue (echo.fastpath) as they
+        Plain messages are echoed by the parser's queue (echo.engine.fast.fastpath) as they
         arrive; this loop handles what that path hands on, and every message at debug
         level, where each is logged.
         """
@@ -422,7 +423,7 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
     aiohttp arms its keep-alive timer when a connection is accepted and fires it only
     while no complete request has arrived, so it doubles as the handshake timeout: a
     client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT; the
-    runner of make_runner (echo.runner.EchoRunner) counts those cut-offs.
+    runner of make_runner (echo.engine.fast.runner.EchoRunner) counts those cut-offs.
 
     TCP keep-alive (SO_KEEPALIVE, first probe after two idle hours by default) is
     left off: the handshake timeout bounds idle HTTP connections and the heartbeat
@@ -440,7 +441,7 @@ def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner
     """The runner every process serves ``app`` with: the single one, or each worker.
 
     An EchoRunner: /metrics counts handshake timeouts, and once the sites are started
-    ``nodelay_on_listeners`` spares a system call per connection (echo.runner).
+    ``nodelay_on_listeners`` spares a system call per connection (echo.engine.fast.runner).
     """
     return EchoRunner(app, handle_signals=False, **runner_options(settings))
 

@@ -7,10 +7,7 @@ certificate that does not match its key stops the program before it listens.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-
-from aiohttp import web
 
 
 class EncryptedKeyError(ValueError):
@@ -42,42 +39,3 @@ def client_context(ca_file: str = "") -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file or None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
-
-
-class TLSSite(web.TCPSite):
-    """aiohttp's TCPSite with the TLS handshake bounded by ``handshake_timeout``.
-
-    aiohttp's own timers start once the TLS handshake is done, and asyncio's default
-    limit for the handshake itself is 60 s; this keeps a silent TCP connection on a TLS
-    port from outliving HANDSHAKE_TIMEOUT.
-    """
-
-    __slots__ = ("_handshake_timeout",)
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        host: str,
-        port: int,
-        *,
-        ssl_context: ssl.SSLContext,
-        handshake_timeout: float,
-        backlog: int = 128,
-    ) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
-        self._handshake_timeout = handshake_timeout
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            ssl_handshake_timeout=self._handshake_timeout,
-            backlog=self._backlog,
-        )
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

@@ -15,14 +15,12 @@ process, and /healthz (with its "pid") describes the process that answered.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
 import queue
 import signal
 import socket
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -32,9 +30,10 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
 from echo.config import ServerSettings
+from echo.engine.fast.runner import nodelay_on_listeners
+from echo.engine.fast.sites import ListenerSite
 from echo.eventloop import loop_factory
 from echo.logs import event
-from echo.runner import nodelay_on_listeners
 from echo.server import BACKLOG, ListenError, create_app, log_listening, make_runner
 from echo.tls import server_context
 
@@ -101,38 +100,6 @@ class EchoLogger(GunicornLogger):  # type: ignore[misc]
             logger.propagate = True
 
 
-class ListenerSite(web.SockSite):
-    """aiohttp's SockSite on an inherited listening socket, with TLS as the single process.
-
-    Like echo.tls.TLSSite, it bounds the TLS handshake by HANDSHAKE_TIMEOUT, which
-    SockSite cannot.
-    """
-
-    __slots__ = ("_handshake_timeout",)
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        sock: socket.socket,
-        *,
-        ssl_context: ssl.SSLContext | None,
-        handshake_timeout: float,
-    ) -> None:
-        super().__init__(runner, sock, ssl_context=ssl_context, backlog=BACKLOG)
-        self._handshake_timeout = handshake_timeout
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        tls: dict[str, Any] = {}
-        if self._ssl_context is not None:
-            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self._handshake_timeout}
-        self._server = await asyncio.get_running_loop().create_server(
-            server, sock=self._sock, backlog=self._backlog, **tls
-        )
-
-
 class EchoWorker(GunicornUVLoopWebWorker):
     """One worker process: echo's app with the single process's HTTP-layer settings.
 
@@ -173,6 +140,7 @@ class EchoWorker(GunicornUVLoopWebWorker):
                 listener.sock,
                 ssl_context=context,
                 handshake_timeout=settings.handshake_timeout,
+                backlog=BACKLOG,
             )
             await site.start()
         nodelay_on_listeners(runner, [listener.sock for listener in self.sockets])

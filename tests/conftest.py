@@ -11,13 +11,13 @@ import pytest
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import BaseRunner
 
-from echo.runner import EchoRunner
+from echo.engine.fast.runner import EchoRunner
 from echo.server import create_app, runner_options
 from tests.support import TEST_SETTINGS, ServerFactory, ServerProcess, clean_env, free_port
 
 
 class EchoTestServer(TestServer):
-    """aiohttp's TestServer with the production runner (echo.runner.EchoRunner)."""
+    """aiohttp's TestServer with the production runner (echo.engine.fast.runner.EchoRunner)."""
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         return EchoRunner(self.app, **kwargs)

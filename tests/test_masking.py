@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from echo.masking import MaskedFramesOnly
+from echo.engine.fast.masking import MaskedFramesOnly
 from tests.support import ServerFactory
 from tests.wsraw import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, RawWebSocket, encode_frame
 

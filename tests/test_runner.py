@@ -1,4 +1,4 @@
-"""The runner below the app (echo.runner): TCP_NODELAY comes from the listening socket."""
+"""The fast engine's runner (echo.engine.fast.runner): TCP_NODELAY from the listening socket."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ _EMPTY = (False, b"")
 class MaskedFramesOnly:
     """A drop-in for the ``set_parser`` argument of aiohttp's protocol.
 
-    ``seen`` is set by every chunk received: the heartbeat (echo.fastpath) reads and
+    ``seen`` is set by every chunk received: the heartbeat (echo.engine.fast.fastpath) reads and
     clears it, in place of aiohttp's per-chunk ``data_received_cb`` call.
     """
 

@@ -12,7 +12,7 @@ Three changes to aiohttp's own, all below the application:
   3% of the server's time per handshake in a py-spy profile. Until a runner's
   listening sockets have it, connections take aiohttp's own per-connection path.
 - An upgraded WebSocket can outlive its request handler
-  (:meth:`EchoRequestHandler.detach`, used by ``echo.fastpath.EchoResponse.detach``),
+  (:meth:`EchoRequestHandler.detach`, used by ``echo.engine.fast.fastpath.EchoResponse.detach``),
   which frees aiohttp's per-request objects for the connection's life.
 """
 

@@ -16,7 +16,7 @@ runs, aiohttp keeps its connection task, the handler's task and coroutines and t
 parsed upgrade request, about 5 KiB of the 13 KiB an idle WebSocket costs. With the
 fast path doing the work, the handler has nothing left to do once the connection is
 upgraded: :meth:`EchoResponse.detach` lets it return without closing the WebSocket (see
-``echo.runner.EchoRequestHandler.detach`` for aiohttp's side) and frees all that.
+``echo.engine.fast.runner.EchoRequestHandler.detach`` for aiohttp's side) and frees all that.
 
 Everything else takes the ordinary road through the queue to ``EchoServer.serve``,
 woken by the queue (``wake``) and run in a short-lived task until the queue is empty:
@@ -45,11 +45,11 @@ from aiohttp._websocket.helpers import PACK_CLOSE_CODE
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
-from echo.heartbeat import Heartbeat
-from echo.masking import MaskedFramesOnly
+from echo.engine.fast.heartbeat import Heartbeat
+from echo.engine.fast.masking import MaskedFramesOnly
+from echo.engine.fast.runner import EchoRequestHandler
 from echo.metrics import Metrics, Traffic
 from echo.protocol import close_reply, is_utf8
-from echo.runner import EchoRequestHandler
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
@@ -242,8 +242,8 @@ class EchoResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds an :class:`EchoQueue`.
 
     ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class and the
-    mask check of echo.masking in front of the frame parser. ``heartbeat`` (or None) is
-    the shared timer of echo.heartbeat that pings it when silent; ``metrics`` (or None)
+    mask check of echo.engine.fast.masking in front of the frame parser. ``heartbeat`` (or None) is
+    the shared timer of echo.engine.fast.heartbeat that pings it when silent; ``metrics`` (or None)
     is where its queue and :meth:`close` count.
     """
 
@@ -264,7 +264,7 @@ class EchoResponse(web.WebSocketResponse):
         self._frames: MaskedFramesOnly | None = None
         self._metrics = metrics
 
-    # The heartbeat is echo.heartbeat's shared timer, not one aiohttp timer per
+    # The heartbeat is echo.engine.fast.heartbeat's shared timer, not one aiohttp timer per
     # connection, and incoming data is noticed by the mask check's ``seen`` flag, not
     # by aiohttp's data_received_cb (a Python call per chunk received; aiohttp's own
     # also reschedules its timer with a loop.call_soon per loop tick that brings data,

@@ -23,7 +23,7 @@ SLOTS = 10
 
 
 class Beating(Protocol):
-    """What the heartbeat needs of a connection (echo.fastpath.EchoResponse)."""
+    """What the heartbeat needs of a connection (echo.engine.fast.fastpath.EchoResponse)."""
 
     def beat(self) -> None:
         """Ping if silent since the last beat, else start a new silent period."""
