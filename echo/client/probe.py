@@ -4,9 +4,9 @@ WebSocket?
 Proxies and load balancers close connections that carry nothing for a while, often
 without a close frame. The probe opens :data:`PER_ROUND` connections at once, each of
 which stays silent for its own duration (it sends nothing and pings nothing; it answers
-pings, but a ping from the server is traffic that keeps the path awake, so it restarts
-that connection's idle time and is reported), then sends one message and waits for its
-echo. A connection that echoes survived its idle time; one that is closed while idle
+pings, but a ping from the server is traffic that keeps the path awake: it is counted
+and reported, and the verdict says the path was not idle), then sends one message and
+waits for its echo. A connection that echoes survived its idle time; one that is closed while idle
 was cut, and the time of the cut is itself a measurement; one whose message gets no
 answer within :data:`ANSWER_WAIT` was dropped silently.
 
@@ -60,7 +60,7 @@ class Outcome:
     survived: bool
     how: str  # how it ended when it did not survive ("" if it did)
     cut_after: float | None = None  # idle time when the path closed it, if seen
-    pings: int = 0  # pings from the server (each restarted the idle time)
+    pings: int = 0  # pings (or messages) from the server: the silence was broken
     error: str = ""  # the probe could not run (no connection)
 
     @property
@@ -75,6 +75,7 @@ class Verdict:
 
     survived: float = 0.0  # the longest idle that survived
     survivor: Outcome | None = None
+    pings: int = 0  # pings and messages the server sent while the probes were silent
     cut: Outcome | None = None  # the outcome with the shortest idle that did not survive
     inconsistent: str = ""
 
@@ -83,6 +84,7 @@ class Verdict:
         return None if self.cut is None else self.cut.failed_at
 
     def add(self, outcome: Outcome) -> None:
+        self.pings += outcome.pings
         if outcome.error:
             return
         if outcome.survived:
@@ -216,8 +218,12 @@ class IdleProbe:
         ws = link.ws
         pings = 0
         try:
-            quiet_since = loop.time()
-            while (remaining := idle - (loop.time() - quiet_since)) > 0:
+            # The idle time counts from the handshake: a ping (or message) from the server
+            # breaks the silence but does not extend the wait, so the probe stays bounded;
+            # it is counted and reported instead.
+            opened = loop.time()
+            quiet_since = opened
+            while (remaining := idle - (loop.time() - opened)) > 0:
                 try:
                     msg = await ws.receive(timeout=remaining)
                 except TimeoutError:
@@ -228,7 +234,8 @@ class IdleProbe:
                     quiet_since = loop.time()
                     continue
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PONG):
-                    quiet_since = loop.time()  # the server spoke: not silent
+                    pings += 1
+                    quiet_since = loop.time()
                     continue
                 return Outcome(idle, False, _ended(msg, ws), loop.time() - quiet_since, pings)
             token = f"idle-probe {idle:.6f}".encode()
@@ -289,9 +296,9 @@ class IdleProbe:
         )
         if pinged:
             log.warning(
-                "the server sent %d ping(s) during round %d: pings are traffic and keep the "
-                "path awake; add heartbeat=off to the URL (echo server with test controls) "
-                "or raise its HEARTBEAT_INTERVAL",
+                "the server sent %d ping(s) or message(s) during round %d: that is traffic, "
+                "which keeps the path awake; add heartbeat=off to the URL (echo server with "
+                "test controls) or raise its HEARTBEAT_INTERVAL",
                 pinged,
                 number,
             )
@@ -319,6 +326,12 @@ class IdleProbe:
                 f"idle probe: {verdict.survived:.3f} s idle survived; the first cut came at "
                 f"{verdict.cut.failed_at:.3f} s ({verdict.cut.how}); the path's idle timeout "
                 f"is about {estimate:.3f} s"
+            )
+        if verdict.pings:
+            fields["server_pings"] = verdict.pings
+            message += (
+                f"; but the server sent {verdict.pings} ping(s) or message(s) while the "
+                "probes were silent, so the path was not idle that long (see above)"
             )
         if self.settings.json:
             emit("probe", message, **fields)
