@@ -219,3 +219,20 @@ def test_interactive_mode_needs_a_terminal(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr == "echo-client: -i needs a terminal; for scripts use --pipe\n"
+
+
+def test_without_a_mode_flag_a_terminal_gets_the_default_mode(
+    server_process: ServerStarter, tmp_path: Path
+) -> None:
+    server = server_process()
+    term = Terminal(
+        [sys.executable, "-m", "echo.client", server.url, "--count", "3"],
+        fast_client_env(),
+        tmp_path,
+    )
+    try:
+        screen = term.wait_for(r"^\[exit 0\]$")
+    finally:
+        term.close()
+    assert re.search(r"^summary sent=3 echoed=3 lost=0 ", screen, re.MULTILINE), screen
+    assert "type a message" not in screen
