@@ -7,7 +7,6 @@ serves until SIGTERM or SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import logging
@@ -16,13 +15,21 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, hdrs, web
 
-from echo import protocol
-from echo.config import ConfigError, ServerSettings, load_environment
+from echo import admission, protocol
+from echo.admission import OriginPolicy
+from echo.cli import command_line
+from echo.config import (
+    SERVER_VARIABLES,
+    ConfigError,
+    ServerSettings,
+    env_file_warnings,
+    load_environment,
+)
 from echo.engine.fast.fastpath import EchoResponse
 from echo.engine.fast.heartbeat import Heartbeat
 from echo.engine.fast.runner import EchoRunner, nodelay_on_listeners
@@ -32,9 +39,10 @@ from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
 from echo.logs import clip, configure_logging, event
 from echo.metrics import Metrics, add_metrics
-from echo.origins import Origin, own_origin, parse_origin
-from echo.page import PAGE_KEY, PageOptions, add_page, development_options
+from echo.origins import Origin, own_origin
+from echo.page import PAGE_KEY, PageOptions, add_page
 from echo.proxies import TrustedProxies
+from echo.readiness import Readiness
 from echo.text import preview
 from echo.tls import server_context
 
@@ -49,7 +57,10 @@ _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
     Refusal.ORIGIN: (403, "origin not allowed"),
     Refusal.LIMIT: (503, "too many connections"),
     Refusal.PER_IP_LIMIT: (429, "too many connections from your address"),
+    Refusal.DUPLICATE_ORIGIN: (400, "bad request"),
+    Refusal.DRAINING: (503, SHUTDOWN_MESSAGE.decode()),
 }
+_LIMIT_DETAIL = {Refusal.LIMIT: "MAX_CONNECTIONS", Refusal.PER_IP_LIMIT: "MAX_CONNECTIONS_PER_IP"}
 
 
 @dataclass(slots=True)
@@ -99,7 +110,9 @@ class EchoServer:
         # Workers share one log: their connection ids carry the process id (w1234-c1).
         self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.origins = OriginPolicy(settings)
         self.heartbeat = Heartbeat(settings.heartbeat_interval)
+        self.readiness = Readiness()
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
             if settings.metrics
@@ -118,13 +131,22 @@ class EchoServer:
         """
         if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
             return request.app[PAGE_KEY].index(request)
+        origins = request.headers.getall(hdrs.ORIGIN, ())
+        origin = origins[0] if origins else None
+        if len(origins) > 1:
+            return self.refuse(request, Refusal.DUPLICATE_ORIGIN, origin, admission.DUPLICATE)
+        why = self.origins.refusal(origin, lambda: self._page_origin(request))
+        if why is not None:
+            return self.refuse(request, Refusal.ORIGIN, origin, why)
         origin = request.headers.get(hdrs.ORIGIN)
         if not self.origin_allowed(origin, request):
             return self.refuse(request, Refusal.ORIGIN, origin)
+        if self.readiness.draining:
+            return self.refuse(request, Refusal.DRAINING, origin)
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
-            return self.refuse(request, refusal, origin)
+            return self.refuse(request, refusal, origin, _LIMIT_DETAIL[refusal] + " reached")
         try:
             ws = EchoResponse(
                 autoping=True,
@@ -168,18 +190,18 @@ class EchoServer:
         return ws
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "connections": self.limiter.open,
-                "max_connections": self.settings.max_connections,
-                "uptime_seconds": round(time.monotonic() - self.started, 3),
-                # With WORKERS > 1 every figure above is this process's own.
-                "pid": os.getpid(),
-                "workers": self.settings.workers,
-            },
-            headers={hdrs.CACHE_CONTROL: "no-store"},
-        )
+        health: dict[str, object] = {
+            "status": "ok",
+            "connections": self.limiter.open,
+            "max_connections": self.settings.max_connections,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            # With WORKERS > 1 every figure above is this process's own.
+            "pid": os.getpid(),
+            "workers": self.settings.workers,
+        }
+        if self.settings.instance_name:
+            health["instance"] = self.settings.instance_name
+        return web.json_response(health, headers={hdrs.CACHE_CONTROL: "no-store"})
 
     # -- admission --------------------------------------------------------------------
 
@@ -190,18 +212,6 @@ class EchoServer:
         forwarded = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
         return self.proxies.client_address(request.remote, forwarded) or "unknown"
 
-    def origin_allowed(self, origin: str | None, request: web.Request) -> bool:
-        """Apply ALLOWED_ORIGINS, ALLOW_MISSING_ORIGIN and the same-origin rule."""
-        if origin is None:
-            return self.settings.allow_missing_origin
-        if self.settings.any_origin:
-            return True
-        try:
-            parsed = parse_origin(origin)
-        except ValueError:
-            return False
-        return parsed in self.settings.allowed_origins or parsed == self._page_origin(request)
-
     def _page_origin(self, request: web.Request) -> Origin | None:
         """This server's own origin as the client sees it (behind a trusted proxy too)."""
         host = request.headers.get(hdrs.HOST)
@@ -210,20 +220,28 @@ class EchoServer:
         forwarded = request.headers.getall(hdrs.X_FORWARDED_PROTO, [])
         return own_origin(self.proxies.scheme(request.remote, request.scheme, forwarded), host)
 
-    def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
+    def refuse(
+        self, request: web.Request, reason: Refusal, origin: str | None, detail: str
+    ) -> web.Response:
+        """The refusal's response, whose body says why (``detail``: our words, no peer bytes)."""
         status, text = _REFUSAL_STATUS[reason]
         if self.metrics is not None:
             self.metrics.refusal(reason.value)
         remote = self.client_address(request)
         log.info(
-            "refused remote=%s origin=%s reason=%s",
+            "refused remote=%s origin=%s reason=%s (%s)",
             remote,
             "-" if origin is None else preview(origin),
             reason.value,
-            extra=event("refused", remote=remote, origin=clip(origin), reason=reason.value),
+            detail,
+            extra=event(
+                "refused", remote=remote, origin=clip(origin), reason=reason.value, detail=detail
+            ),
         )
-        headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
-        return web.Response(status=status, text=text + "\n", headers=headers)
+        retry = reason in _LIMIT_DETAIL or reason is Refusal.DRAINING
+        headers = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)} if retry else {}
+        body = f"{text}: {detail}\n" if status in (400, 403) else text + "\n"
+        return web.Response(status=status, text=body, headers=headers)
 
     def _wake(self, ws: EchoResponse, conn: Connection) -> None:
         """A detached connection's queue holds a message or error: serve it in a task."""
@@ -361,6 +379,7 @@ class EchoServer:
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
+        self.readiness.draining = True  # not ready from here on, drained or not
         if not self.connections:
             return
         count = len(self.connections)
@@ -387,6 +406,18 @@ class ListenError(RuntimeError):
 
 
 SERVER_KEY = web.AppKey("echo_server", EchoServer)
+SERVER_SOFTWARE = "echo"  # the Server header of every response: no versions
+
+
+async def hide_versions(_request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: name no Python or aiohttp version in ``Server``.
+
+    aiohttp sets ``Server: Python/3.x aiohttp/3.y`` unless the header is already there
+    when the response is prepared, which is when this runs. A 101 is the engine's: the
+    fast path's carries only the handshake's headers.
+    """
+    if response.status != 101:
+        response.headers[hdrs.SERVER] = SERVER_SOFTWARE
 
 
 def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web.Application:
@@ -400,21 +431,21 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app.router.add_get("/", server.root)
     add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/readyz", server.readiness.readyz)
     if server.metrics is not None:
         add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
     app.cleanup_ctx.append(server.beating)
     app.on_shutdown.append(server.shutdown)
+    app.on_response_prepare.append(hide_versions)
     return app
 
 
 def dev_app() -> web.Application:
-    """App factory for ``adev runserver``: the same settings as ``echo-server``."""
-    # adev runs this one process (echo.dev says WORKERS is ignored); /healthz says so too.
-    settings = replace(ServerSettings.from_env(load_environment()), workers=1)
-    configure_logging(settings.log_level, settings.log_format)
-    # adev injects its live-reload script, served with its WebSocket on PORT + 1.
-    return create_app(settings, development_options(settings.port + 1))
+    """The development app (echo.dev.app_factory), under its former name."""
+    from echo.dev import app_factory  # echo.dev imports this module
+
+    return app_factory()
 
 
 def runner_options(settings: ServerSettings) -> dict[str, Any]:
@@ -447,18 +478,44 @@ def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner
 
 
 def log_listening(settings: ServerSettings, host: str, port: int) -> None:
-    """The "listening on" line, once per bound address (tests and people read the port)."""
-    shown = f"[{host}]" if ":" in host else host
+    """The "listening on" line, once per bound address (tests and people read the port).
+
+    Its URL is one a person can open: ``localhost`` for the wildcard addresses
+    (0.0.0.0, ::), which no browser can connect to.
+    """
+    everywhere = host in ("0.0.0.0", "::")
+    shown = "localhost" if everywhere else f"[{host}]" if ":" in host else host
     http, ws = ("https", "wss") if settings.tls else ("http", "ws")
     log.info(
-        "listening on %s://%s:%d/ (WebSocket %s://%s:%d/)",
+        "listening on %s://%s:%d/ (WebSocket %s://%s:%d/)%s",
         http,
         shown,
         port,
         ws,
         shown,
         port,
-        extra=event("listening", url=f"{http}://{shown}:{port}/", tls=settings.tls),
+        f"; all interfaces ({host})" if everywhere else "",
+        extra=event("listening", url=f"{http}://{shown}:{port}/", tls=settings.tls, address=host),
+    )
+
+
+def announce(settings: ServerSettings, addresses: list[tuple[str, int]]) -> None:
+    """Once listening: the settings line, then a "listening on" line per address.
+
+    Not before: a server that cannot listen says only that, in one line.
+    """
+    log_settings(settings)
+    for host, port in addresses:
+        log_listening(settings, host, port)
+
+
+def log_settings(settings: ServerSettings, omit: tuple[str, ...] = ()) -> None:
+    """One line with every setting in effect (secrets hidden; file names, not contents)."""
+    pairs = [(name, value) for name, value in settings.effective() if name not in omit]
+    log.info(
+        "settings %s",
+        " ".join(f"{name}={value}" for name, value in pairs),
+        extra=event("settings", **dict(pairs)),
     )
 
 
@@ -486,7 +543,8 @@ async def start_site(runner: web.AppRunner, settings: ServerSettings) -> None:
 
 
 async def serve_until_signal(settings: ServerSettings) -> None:
-    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully:
+    drain for DRAIN_DELAY (a second signal cuts it short), then close (echo.readiness)."""
     app = create_app(settings)
     runner = make_runner(app, settings)
     await runner.setup()
@@ -496,28 +554,36 @@ async def serve_until_signal(settings: ServerSettings) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await start_site(runner, settings)
-        for address in runner.addresses:
-            log_listening(settings, address[0], address[1])
+        announce(settings, [(address[0], address[1]) for address in runner.addresses])
         await stop.wait()
         log.info("signal received, shutting down", extra=event("signal"))
+        stop.clear()
+        await app[SERVER_KEY].readiness.drain(settings.drain_delay, cut_short=stop)
     finally:
         await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script ``echo-server``."""
-    parser = argparse.ArgumentParser(
-        prog="echo-server",
-        description="Secure WebSocket echo server. Configured by environment variables "
-        "and a .env file in the working directory; see README.md or .env.example.",
-    )
-    parser.parse_args(argv)
+    """Console script ``echo-server``: serve until a signal; ``--check-config`` only checks.
+
+    Exit status 2 for bad settings (one line on stderr), 1 when it cannot listen.
+    """
+    args = command_line("echo-server", SERVER_HELP, SERVER_VARIABLES).parse_args(argv)
+    warnings = env_file_warnings()
     try:
         settings = ServerSettings.from_env(load_environment())
     except ConfigError as error:
         print(f"echo-server: {error}", file=sys.stderr)
         sys.exit(2)
+    if args.check_config:
+        for warning in warnings:
+            print(f"echo-server: warning: {warning}", file=sys.stderr)
+        for name, value in settings.effective():
+            print(f"{name}={value}")
+        return
     configure_logging(settings.log_level, settings.log_format)
+    for warning in warnings:
+        log.warning("%s", warning, extra=event("config_warning", warning=warning))
     try:
         if settings.workers > 1:
             from echo.workers import serve_with_workers  # gunicorn is loaded only here
@@ -529,6 +595,12 @@ def main(argv: list[str] | None = None) -> None:
     except ListenError as error:
         print(f"echo-server: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+SERVER_HELP = """Secure WebSocket echo server: every message sent to ws://HOST:PORT/ comes
+back unchanged. It also serves a browser console at http://HOST:PORT/, /healthz and
+/metrics. Configured by environment variables, also read from a .env file in the working
+directory (the environment wins). Durations are in milliseconds."""
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from echo.engine.fast.runner import nodelay_on_listeners
 from echo.engine.fast.sites import ListenerSite
 from echo.eventloop import loop_factory
 from echo.logs import event
-from echo.server import BACKLOG, ListenError, create_app, log_listening, make_runner
+from echo.server import BACKLOG, SERVER_KEY, ListenError, announce, create_app, make_runner
 from echo.tls import server_context
 
 log = logging.getLogger("echo.workers")
@@ -47,11 +47,12 @@ DEFAULT_TIMEOUT = 30  # gunicorn's: a worker silent this long is killed and repl
 def graceful_timeout(settings: ServerSettings) -> int:
     """How long the master waits for its workers after SIGTERM before killing them.
 
-    A worker's aiohttp runner first closes the WebSockets (at most SHUTDOWN_TIMEOUT),
-    then waits for its other handlers (at most SHUTDOWN_TIMEOUT again), as the single
-    process does; a little more lets it exit on its own. gunicorn counts whole seconds.
+    A worker first drains (DRAIN_DELAY), then its aiohttp runner closes the WebSockets
+    (at most SHUTDOWN_TIMEOUT) and waits for its other handlers (at most
+    SHUTDOWN_TIMEOUT again), as the single process does; a little more lets it exit on
+    its own. gunicorn counts whole seconds.
     """
-    return math.ceil(2 * settings.shutdown_timeout + EXIT_MARGIN)
+    return math.ceil(settings.drain_delay + 2 * settings.shutdown_timeout + EXIT_MARGIN)
 
 
 def bind_sockets(settings: ServerSettings) -> list[socket.socket]:
@@ -109,8 +110,10 @@ class EchoWorker(GunicornUVLoopWebWorker):
     timeout, SHUTDOWN_TIMEOUT) instead of one from gunicorn's settings, the sites
     serve TLS with echo's context and handshake timeout, ``max_requests`` is left out
     (never set here), and a stop signal that came while the worker booted is acted on
-    (see ``init_signals``).
+    (see ``init_signals``), and SIGTERM drains (DRAIN_DELAY) before the shutdown.
     """
+
+    quick_stop = False  # SIGINT or SIGQUIT: gunicorn allows two seconds, no drain
 
     def init_process(self) -> None:
         if loop_factory() is None:  # no uvloop on this interpreter: asyncio's own loop
@@ -157,6 +160,10 @@ class EchoWorker(GunicornUVLoopWebWorker):
                 else:
                     await self._wait_next_notify()
         finally:
+            # SIGTERM drains first (the master has closed its copy of the listening
+            # sockets, this worker still accepts on its own); a quick stop does not.
+            if not self.quick_stop:
+                await app[SERVER_KEY].readiness.drain(settings.drain_delay)
             await runner.cleanup()
 
     def init_signals(self) -> None:
@@ -197,8 +204,10 @@ class EchoWorker(GunicornUVLoopWebWorker):
         self._notify_waiter_done()
 
     def handle_quit(self, sig: int, frame: Any) -> None:
-        """SIGINT or SIGQUIT (gunicorn's quick stop): the same graceful stop here."""
+        """SIGINT or SIGQUIT (gunicorn's quick stop): the same graceful stop here, without
+        the drain."""
         self._log_signal()
+        self.quick_stop = True
         super().handle_quit(sig, frame)
 
     def _log_signal(self) -> None:
@@ -256,9 +265,7 @@ def gunicorn_config(settings: ServerSettings, binds: list[str]) -> dict[str, Any
 
 def _when_ready(settings: ServerSettings) -> Callable[[Any], None]:
     def when_ready(arbiter: Any) -> None:
-        for listener in arbiter.LISTENERS:
-            host, port = listener.sock.getsockname()[:2]
-            log_listening(settings, host, port)
+        announce(settings, [listener.sock.getsockname()[:2] for listener in arbiter.LISTENERS])
         log.info(
             "master pid=%d starting %d workers",
             os.getpid(),

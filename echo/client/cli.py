@@ -12,6 +12,7 @@ import asyncio
 import sys
 from typing import NoReturn
 
+from echo.cli import command_line
 from echo.client.errors import FatalError
 from echo.client.events import configure_output, emit
 from echo.client.running import (
@@ -23,7 +24,13 @@ from echo.client.running import (
 )
 from echo.client.stream import EchoClient
 from echo.client.tracker import Stats
-from echo.config import ClientSettings, ConfigError, load_environment
+from echo.config import (
+    CLIENT_VARIABLES,
+    ClientSettings,
+    ConfigError,
+    env_file_warnings,
+    load_environment,
+)
 from echo.eventloop import loop_factory
 
 EPILOG = """\
@@ -36,7 +43,6 @@ examples:
 
 exit status: 0 nothing lost or mismatched; 1 refused, untrusted certificate, redirect not
 followed or RECONNECT_MAX_ATTEMPTS used up; 2 bad setting; 3 messages lost or mismatched.
-Settings also come from the environment and a .env file (see .env.example); flags win.
 """
 
 
@@ -49,12 +55,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="echo-client",
-        description="WebSocket client: checks an echo server, talks to any WebSocket "
-        "server by hand or from a script, load-tests a path, probes its idle timeout.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_line(
+        "echo-client",
+        "WebSocket client: checks an echo server, talks to any WebSocket server by hand or "
+        "from a script, load-tests a path, probes its idle timeout. Configured by "
+        "environment variables, also read from a .env file in the working directory (the "
+        "environment wins), overridden by these flags. Durations are in milliseconds.",
+        CLIENT_VARIABLES,
+        check_config=False,
+        notes=EPILOG,
+        parser_class=_Parser,
     )
     parser.add_argument("url", nargs="?", help="ws:// or wss:// URL (or --url; WS_URL)")
     modes = parser.add_argument_group(
@@ -178,6 +188,8 @@ def _run_stream(settings: ClientSettings) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Console script ``echo-client``; the exit status is in the module docstring."""
     flags = parse_flags(argv)
+    for warning in env_file_warnings():
+        print(f"echo-client: warning: {warning}", file=sys.stderr)
     try:
         settings = ClientSettings.from_env(load_environment(), flags)
     except ConfigError as error:
