@@ -138,11 +138,8 @@ class EchoServer:
         why = self.origins.refusal(origin, lambda: self._page_origin(request))
         if why is not None:
             return self.refuse(request, Refusal.ORIGIN, origin, why)
-        origin = request.headers.get(hdrs.ORIGIN)
-        if not self.origin_allowed(origin, request):
-            return self.refuse(request, Refusal.ORIGIN, origin)
         if self.readiness.draining:
-            return self.refuse(request, Refusal.DRAINING, origin)
+            return self.refuse(request, Refusal.DRAINING, origin, "draining before shutdown")
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
