@@ -139,7 +139,7 @@ class EchoServer:
         if why is not None:
             return self.refuse(request, Refusal.ORIGIN, origin, why)
         if self.readiness.draining:
-            return self.refuse(request, Refusal.DRAINING, origin, "draining before shutdown")
+            return self.refuse(request, Refusal.DRAINING, origin, "the server is shutting down")
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
