@@ -535,8 +535,9 @@ def test_frozen_server_is_noticed_by_heartbeat_and_nothing_is_lost(
 
 async def test_heartbeat_keeps_a_quiet_healthy_connection(server_process: ServerStarter) -> None:
     server = server_process()
-    # Messages rarer than the heartbeat: the pings alone keep the connection alive.
-    client = EchoClient(fast_settings(server.url, heartbeat_interval=0.1, message_interval=0.5))
+    # Messages rarer than the heartbeat: the pings alone keep the connection alive. (A
+    # pong has half the interval to come back: 150 ms, room for a loaded machine.)
+    client = EchoClient(fast_settings(server.url, heartbeat_interval=0.3, message_interval=1.0))
     run = asyncio.create_task(client.run())
     await wait_until(lambda: client.stats.echoed >= 3, timeout=10)
     client.stop()
