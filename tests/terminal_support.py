@@ -1,7 +1,8 @@
 """A program in a real pseudo-terminal (tmux), typed at and read from as a person would.
 
-Each ``Terminal`` runs its own tmux server (``-L`` with a unique socket name, no config
-file), so tests never touch a user's tmux. ``screen()`` is what the terminal shows
+Each ``Terminal`` runs its own tmux server (``-S`` with a socket in the test's own
+directory, no config file), so tests never touch a user's tmux and leave no socket
+behind. ``screen()`` is what the terminal shows
 (``capture-pane``), not the raw byte stream: escape sequences are already interpreted,
 which is the point when checking that output does not tear the line being typed.
 """
@@ -30,7 +31,7 @@ class Terminal:
         height: int = 40,
     ) -> None:
         self.tmux = ensure_program("tmux", "tmux")
-        self.socket = f"echo-test-{uuid.uuid4().hex[:12]}"
+        self.socket = str(cwd / f"tmux-{uuid.uuid4().hex[:8]}.sock")
         self.env = {**env, "TERM": "xterm-256color"}
         self.env.pop("TMUX", None)
         # The shell prints the exit status and keeps the pane open to read it.
@@ -51,7 +52,7 @@ class Terminal:
 
     def _tmux(self, *args: str) -> str:
         result = subprocess.run(
-            [self.tmux, "-L", self.socket, *args],
+            [self.tmux, "-S", self.socket, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -90,9 +91,10 @@ class Terminal:
 
     def close(self) -> None:
         subprocess.run(
-            [self.tmux, "-L", self.socket, "kill-server"],
+            [self.tmux, "-S", self.socket, "kill-server"],
             env=self.env,
             capture_output=True,
             timeout=30,
             check=False,
         )
+        Path(self.socket).unlink(missing_ok=True)
