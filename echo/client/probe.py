@@ -262,7 +262,10 @@ class IdleProbe:
                     pings,
                 )
             except (ConnectionError, aiohttp.ClientError) as error:
-                return Outcome(idle, False, f"sending failed: {preview(str(error))}", None, pings)
+                # The path had closed the connection (no close frame came) just before.
+                why = preview(str(error))
+                how = f"connection closed without a close frame (1006), seen when sending ({why})"
+                return Outcome(idle, False, how, None, pings)
         finally:
             await link.close(hurry=True)
 
