@@ -20,6 +20,9 @@ LABELS = {
     "rtt_p50_us": ("RTT p50 us", 0),
     "rtt_p99_us": ("RTT p99 us", 0),
     "cpu_s_per_1k": ("CPU s/1k", 4),
+    "rtt_max_ms": ("RTT max ms", 1),
+    "hog_msgs_per_s": ("hog msgs/s", 0),
+    "hog_per_bystander": ("hog per bystander", 0),
 }
 # Shown under the main metric of a scenario whose load generator measures CPU.
 EXTRA = [
@@ -30,6 +33,8 @@ EXTRA = [
     "rtt_p99_us",
     "cpu_s_per_1k",
 ]
+# Shown under a fairness scenario's worst bystander echo.
+FAIRNESS_EXTRA = ["rtt_p99_us", "rtt_p50_us", "hog_msgs_per_s", "hog_per_bystander"]
 
 
 def median(values: list[float | None]) -> float | None:
@@ -61,7 +66,10 @@ def summarise(s: Scenario, results: dict[str, list[dict[str, Any]]]) -> dict[str
             cpu = r["cpu_s_per_1k"]
             r["per_cpu_s"] = 1000 / cpu if cpu else None
     measured_cpu = any("cpu_s_per_1k" in r for r in results["real"])
-    keys = [s.metric] + (EXTRA if measured_cpu else [])
+    if s.mode == "fairness":
+        keys = [s.metric, *FAIRNESS_EXTRA]
+    else:
+        keys = [s.metric] + (EXTRA if measured_cpu else [])
     summary: dict[str, Any] = {
         "metric": s.metric,
         "target": s.target,
@@ -121,9 +129,10 @@ def table(plan: list[Scenario], summaries: list[dict[str, Any]]) -> str:
         errors = summary["errors"]
         error_text = f"{errors['real']}/{errors['reference']}"
         first = True
-        for key, (label, digits) in LABELS.items():
+        for key in [s.metric, *(k for k in LABELS if k != s.metric)]:
             if key not in summary:
                 continue
+            label, digits = LABELS[key]
             row = summary[key]
             shows_target = first or (key == "per_cpu_s" and s.target is not None)
             target = verdict(s, row) if shows_target else ""

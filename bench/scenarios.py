@@ -1,6 +1,6 @@
 """What ``make bench`` measures: the scenarios, their metrics and their targets.
 
-A scenario names a load-generator mode (``bench.client``: echo, idle or handshake), its
+A scenario names a load-generator mode (``bench.client``: echo, idle, handshake or fairness), its
 size and the figure it is judged by. To add one (for example a fairness scenario with a
 new mode), add a mode to ``bench.client.RUNNERS``, a row below and, for a new metric, a
 label in ``bench.report.LABELS``.
@@ -60,4 +60,23 @@ def scenarios(quick: bool) -> list[Scenario]:
         # The public-API engine against the textbook aiohttp handler: our admission,
         # policy and counting on top of the same aiohttp path, expected close to 1.0.
         Scenario("plain engine, 50x32B text, 1 in flight", "echo", conns, engine="plain"),
+        # A bystander's echo while one peer streams 125-byte messages (or pings) and
+        # reads the replies: the fast path must not let it hold the loop (issue 13).
+        Scenario(
+            "fairness, text hog",
+            "fairness",
+            1,
+            metric="rtt_max_ms",
+            higher_is_better=False,
+            target=1.0,
+        ),
+        Scenario(
+            "fairness, ping hog",
+            "fairness",
+            1,
+            kind="ping",
+            metric="rtt_max_ms",
+            higher_is_better=False,
+            target=1.0,
+        ),
     ]
