@@ -49,7 +49,7 @@ test: install ## the whole test suite
 soak: install ## the reliability suite at its long scale (see docs/testing.md)
 	SOAK=1 $(BIN)/python -m pytest -m soak
 
-compliance: install ## the Autobahn TestSuite (517 cases) against the real server
+compliance: install ## the Autobahn TestSuite (517 cases) against the real server, fast and plain engine at once
 	$(BIN)/python -m compliance
 
 lint: install ## ruff and mypy, both clean

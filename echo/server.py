@@ -36,15 +36,17 @@ from echo.engine.fast.heartbeat import Heartbeat
 from echo.engine.fast.runner import EchoRunner, nodelay_on_listeners
 from echo.engine.fast.sites import TLSSite
 from echo.eventloop import loop_factory
-from echo.httpecho import add_http_echo, is_upgrade, wants_json
+from echo.handshake import key_valid, without_invalid_offers
+from echo.httpecho import add_http_echo, expect_continue, is_upgrade, wants_json
 from echo.info import InfoBuilder, Instance
 from echo.limits import ConnectionLimiter, Refusal
-from echo.logs import clip, configure_logging, event
+from echo.logs import clip, configure_logging, event, install_filters
 from echo.metrics import Metrics, add_metrics
 from echo.origins import Origin, own_origin
 from echo.page import PAGE_KEY, PageOptions, add_page
 from echo.proxies import TrustedProxies
 from echo.readiness import Readiness
+from echo.refusals import RefusalLog
 from echo.text import preview
 from echo.tls import server_context
 
@@ -53,6 +55,7 @@ log = logging.getLogger("echo.server")
 RETRY_AFTER_SECONDS = 1
 CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close frame after sending ours
 SHUTDOWN_MESSAGE = b"server shutting down"
+BAD_HANDSHAKE = "invalid WebSocket handshake\n"
 BACKLOG = 1024  # pending connections the kernel queues for us
 
 _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
@@ -116,6 +119,7 @@ class EchoServer:
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.origins = OriginPolicy(settings)
         self.heartbeat = Heartbeat(settings.heartbeat_interval)
+        self.refusals = RefusalLog(log)  # one line each up to a budget per second, then counts
         self.readiness = Readiness()
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
@@ -134,7 +138,7 @@ class EchoServer:
     async def root(self, request: web.Request) -> web.StreamResponse:
         """``GET /``: the WebSocket echo, or for a plain GET the browser console (the
         connection info when JSON is asked for)."""
-        if is_upgrade(request):
+        if is_upgrade(request):  # a GET: HEAD never upgrades
             return await self.websocket(request)
         if wants_json(request):
             return web.json_response(
@@ -162,7 +166,7 @@ class EchoServer:
             return self.refuse(request, Refusal.DRAINING, origin, "the server is shutting down")
         controls: Controls | None = None
         query = request.rel_url.raw_query_string
-        if has_query(query):  # the only cost of controls on a connection without them
+        if query and has_query(query):  # all that controls cost a connection without them
             try:
                 controls = self.control_rules.parse(query)
             except ControlError as error:  # the one-line reason (peer text escaped)
@@ -176,6 +180,9 @@ class EchoServer:
                     status=controls.status,
                     retry_after=controls.retry_after,
                 )
+        if not key_valid(request.headers.get(hdrs.SEC_WEBSOCKET_KEY)):
+            raise web.HTTPBadRequest(text=BAD_HANDSHAKE)  # before aiohttp trips on it
+        request = without_invalid_offers(request)
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
@@ -197,6 +204,10 @@ class EchoServer:
                 metrics=self.metrics,
             )
             await ws.prepare(request)
+        except web.HTTPBadRequest:
+            self.limiter.release(remote)
+            # aiohttp's text quotes the offending header (Sec-WebSocket-Key, -Version...).
+            raise web.HTTPBadRequest(text=BAD_HANDSHAKE) from None
         except BaseException:
             self.limiter.release(remote)
             raise
@@ -273,17 +284,7 @@ class EchoServer:
         status = default_status if status is None else status
         if self.metrics is not None:
             self.metrics.refusal(reason.value)
-        remote = self.client_address(request)
-        log.info(
-            "refused remote=%s origin=%s reason=%s (%s)",
-            remote,
-            "-" if origin is None else preview(origin),
-            reason.value,
-            detail,
-            extra=event(
-                "refused", remote=remote, origin=clip(origin), reason=reason.value, detail=detail
-            ),
-        )
+        self.refusals.refused(self.client_address(request), origin, reason.value, detail)
         retry = reason in _LIMIT_DETAIL or reason is Refusal.DRAINING
         headers = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)} if retry else {}
         if retry_after is not None:
@@ -421,10 +422,12 @@ class EchoServer:
     # -- lifecycle --------------------------------------------------------------------
 
     async def beating(self, _app: web.Application) -> AsyncIterator[None]:
-        """Cleanup context: the shared heartbeat timer runs while the app serves."""
+        """Cleanup context: the shared heartbeat timer runs while the app serves; at the
+        end, the refusals counted but not yet logged are."""
         self.heartbeat.start()
         yield
         self.heartbeat.stop()
+        self.refusals.flush()
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
@@ -442,8 +445,8 @@ class EchoServer:
         _done, pending = await asyncio.wait(closers, timeout=self.settings.shutdown_timeout)
         for task in pending:
             task.cancel()  # aiohttp aborts the transport when its close is cancelled
-        if pending:
-            log.warning(
+        if pending:  # the peers' doing (they did not answer), so not a warning
+            log.info(
                 "shutdown: %d connection(s) did not close in time",
                 len(pending),
                 extra=event("shutdown_timeout", unclosed=len(pending)),
@@ -474,13 +477,14 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
 
     ``page`` says how the browser console at ``GET /`` is served (see echo.page).
     """
+    install_filters()  # nothing a peer does is logged above info, whoever set up logging
     server = EchoServer(settings)
     app = web.Application(client_max_size=settings.max_message_size)
     app[SERVER_KEY] = server
-    app.router.add_get("/", server.root)
+    app.router.add_get("/", server.root, expect_handler=expect_continue)
     add_page(app, page)
-    app.router.add_get("/healthz", server.healthz)
-    app.router.add_get("/readyz", server.readiness.readyz)
+    app.router.add_get("/healthz", server.healthz, expect_handler=expect_continue)
+    app.router.add_get("/readyz", server.readiness.readyz, expect_handler=expect_continue)
     if server.metrics is not None:
         add_metrics(app, server.metrics)
     add_http_echo(  # keep it last
@@ -516,6 +520,8 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
     idle WebSockets, much sooner; setting it cost a system call per connection.
     """
     return {
+        # The HTTP echo shows bodies as received: a gzip body as its gzip bytes.
+        "auto_decompress": False,
         "access_log": None,
         "tcp_keepalive": False,
         "keepalive_timeout": settings.handshake_timeout,
