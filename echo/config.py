@@ -30,6 +30,7 @@ T = TypeVar("T")
 MAX_DURATION_MS = 86_400_000  # one day: longer waits are a typo, not a wish
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+ENGINES = ("auto", "plain", "fast")  # echo.engine: which engine moves the frames
 MAX_MESSAGE_COUNT = 10**12
 MAX_WORKERS = 64
 MAX_CLIENT_MESSAGE_SIZE = 1 << 30
@@ -150,6 +151,7 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
     metrics: bool = True
     workers: int = 1
+    engine: str = "auto"
 
     @property
     def tls(self) -> bool:
@@ -191,6 +193,7 @@ class ServerSettings:
             ),
             metrics=r.boolean("METRICS", True),
             workers=r.integer("WORKERS", 1, 1, MAX_WORKERS),
+            engine=r.choice("ENGINE", "auto", ENGINES),
         )
 
 

@@ -34,6 +34,7 @@ SERVER_VARIABLES = [
     "TRUSTED_PROXIES",
     "METRICS",
     "WORKERS",
+    "ENGINE",
 ]
 # Only together, and naming files: their rules are tested in tests/test_tls.py.
 TLS_SERVER_VARIABLES = ["TLS_CERT_FILE", "TLS_KEY_FILE"]
@@ -56,6 +57,14 @@ TEST_SETTINGS = ServerSettings(
     allow_missing_origin=True,
     heartbeat_interval=30.0,
 )
+
+
+def engine_under_test() -> str:
+    """The engine the tests' servers run: ENGINE from the test process's environment
+    resolved as the server resolves it (auto: fast where proven, else plain)."""
+    from echo.engine import choose
+
+    return choose(os.environ.get("ENGINE", "auto").strip().lower() or "auto")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -186,3 +195,21 @@ async def seconds_until_cut_off(port: int, timeout: float = 10.0) -> float:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+FAULT = b"\xfe injected fault"  # invalid UTF-8: never echoed from the fast path's parser
+
+
+def inject_fault(monkeypatch: Any) -> None:
+    """Make both engines' echo loops raise RuntimeError("injected fault") on a text
+    message of FAULT: an error of ours while serving, wherever the loop runs."""
+    from echo import protocol
+
+    real = protocol.is_utf8
+
+    def faulty(data: bytes) -> bool:
+        if data == FAULT:
+            raise RuntimeError("injected fault")
+        return real(data)
+
+    monkeypatch.setattr(protocol, "is_utf8", faulty)

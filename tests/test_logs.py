@@ -17,9 +17,8 @@ import pytest
 
 from echo.config import ClientSettings, ConfigError, ServerSettings
 from echo.logs import JsonFormatter, clip, event
-from echo.server import SERVER_KEY
 from tests.client_support import fast_client_env
-from tests.support import ServerFactory, ServerProcess, wait_until
+from tests.support import FAULT, ServerFactory, ServerProcess, inject_fault, wait_until
 from tests.wsraw import OP_CLOSE, RawWebSocket, close_payload
 
 ServerStarter = Callable[..., ServerProcess]
@@ -143,20 +142,14 @@ def test_log_format_is_validated() -> None:
 
 
 async def test_error_event_carries_the_connection_and_the_traceback(
-    start_app: ServerFactory, caplog: pytest.LogCaptureFixture
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, "echo.server")
+    inject_fault(monkeypatch)
     server = await start_app()
-    echo = server.app[SERVER_KEY]
-
-    async def faulty(ws: Any, conn: Any, **options: Any) -> None:
-        await ws.receive()
-        raise RuntimeError("injected fault")
-
-    echo.serve = faulty
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(server.make_url("/")) as ws:
-            await ws.send_frame(b"\xff", aiohttp.WSMsgType.TEXT)  # not echoed on the fast path
+            await ws.send_frame(FAULT, aiohttp.WSMsgType.TEXT)
             assert (await ws.receive(timeout=5)).data == 1011
     errors = [r for r in caplog.records if getattr(r, "event", None) == "error"]
     assert len(errors) == 1

@@ -6,8 +6,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from echo.listeners import runner_options
 from echo.page import development_options
-from echo.server import create_app, runner_options
+from echo.server import create_app
 from tests.support import TEST_SETTINGS, ServerFactory
 
 

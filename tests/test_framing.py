@@ -1,0 +1,180 @@
+"""echo.framing: where the frames begin in a connection's bytes, and what their headers say.
+
+The tracker is fed the bytes as TCP may cut them (every seed cuts them differently);
+what it passes on, where it stops and the close code it reads must not depend on that.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from echo.framing import StreamTracker
+from tests.wsraw import OP_BINARY, OP_PING, OP_TEXT, encode_frame
+
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def cuts(data: bytes, seed: int) -> list[bytes]:
+    """``data`` cut at random places, as TCP may deliver it."""
+    rng = random.Random(seed)
+    chunks, pos = [], 0
+    while pos < len(data):
+        step = rng.choice([1, 2, 3, 5, 7, 13, 200, 70_000])
+        chunks.append(data[pos : pos + step])
+        pos += step
+    return chunks
+
+
+def run(data: bytes, seed: int) -> tuple[StreamTracker, bytes]:
+    """Feed ``data`` in random cuts; return the tracker and the bytes it let through."""
+    tracker = StreamTracker()
+    passed = bytearray()
+    for chunk in cuts(data, seed):
+        passed += chunk[: tracker.feed(chunk)]
+    return tracker, bytes(passed)
+
+
+def masked_frames() -> list[bytes]:
+    return [
+        encode_frame(OP_TEXT, b"hi"),
+        encode_frame(OP_BINARY, b"x" * 125),
+        encode_frame(OP_BINARY, b"y" * 126),
+        encode_frame(OP_BINARY, b"z" * 65_536),
+        encode_frame(OP_PING, b""),
+        encode_frame(OP_TEXT, b""),
+    ]
+
+
+def test_masked_frames_after_the_upgrade_pass_through_unchanged() -> None:
+    data = UPGRADE + b"".join(masked_frames())
+    for seed in range(40):
+        tracker, passed = run(data, seed)
+        assert passed == data
+        assert tracker.in_frames
+        assert not tracker.violation
+        assert tracker.requests == 1
+
+
+def test_an_unmasked_frame_anywhere_stops_the_stream_right_before_it() -> None:
+    for position in range(4):
+        frames = masked_frames()[:3]
+        frames.insert(position, encode_frame(OP_BINARY, b"\x00" * 130, mask=False))
+        data = UPGRADE + b"".join(frames)
+        before = UPGRADE + b"".join(frames[:position])
+        for seed in range(20):
+            tracker, passed = run(data, seed)
+            assert tracker.violation
+            # Everything before the bad frame, nothing of it but its first byte if a cut
+            # fell between its first two.
+            assert passed in (before, before + frames[position][:1])
+
+
+def test_frames_pipelined_with_the_upgrade_in_one_chunk_are_checked() -> None:
+    tracker = StreamTracker()
+    good = UPGRADE + encode_frame(OP_TEXT, b"early")
+    assert tracker.feed(good + encode_frame(OP_TEXT, b"bad", mask=False)) == len(good)
+    assert tracker.violation
+    assert tracker.feed(encode_frame(OP_TEXT, b"later")) == 0
+
+
+def keep_alive_requests() -> bytes:
+    """Requests before the upgrade whose bodies hold what looks like an upgrade and an
+    unmasked frame: read as bodies, never as a head or frames."""
+    decoy = UPGRADE + encode_frame(OP_TEXT, b"decoy", mask=False)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (decoy[:40], decoy[40:]))
+    return (
+        b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n"
+        + b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(decoy)
+        + decoy
+        + b"POST /y HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunked
+        + b"0\r\nX-Trailer: 1\r\n\r\n"
+        + b"\r\n"  # an empty line between requests is skipped, as aiohttp does
+        + b"GET /z HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+def test_requests_with_bodies_before_the_upgrade_are_followed_exactly() -> None:
+    data = keep_alive_requests() + UPGRADE + encode_frame(OP_TEXT, b"hi")
+    for seed in range(40):
+        tracker, passed = run(data, seed)
+        assert passed == data
+        assert tracker.requests == 5
+        assert tracker.in_frames
+        assert not tracker.violation
+    bad = data + encode_frame(OP_TEXT, b"bad", mask=False)
+    for seed in range(10):
+        tracker, passed = run(bad, seed)
+        assert tracker.violation
+        assert passed in (data, data + bad[len(data) : len(data) + 1])
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",  # no Connection: upgrade
+        b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket, h2c\r\n\r\n",
+    ],
+    ids=["no-connection-token", "h2c", "websocket-in-a-list"],
+)
+def test_heads_that_do_not_ask_for_a_websocket_stay_http(head: bytes) -> None:
+    tracker = StreamTracker()
+    tracker.feed(head + encode_frame(OP_TEXT, b"x", mask=False))
+    assert not tracker.in_frames
+    assert not tracker.violation
+
+
+def test_an_upgrade_with_a_body_is_not_where_frames_begin() -> None:
+    head = (
+        b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\n"
+    )
+    tracker = StreamTracker()
+    tracker.feed(head + b"abc")
+    assert not tracker.in_frames
+    assert tracker.requests == 1
+
+
+def test_the_connection_and_upgrade_tokens_are_matched_like_aiohttp_or_wider() -> None:
+    head = (
+        b"GET / HTTP/1.1\r\nconnection: keep-alive\r\nCONNECTION: Keep-Alive ,  UPGRADE\r\n"
+        b"upgrade:   WebSocket  \r\n\r\n"
+    )
+    tracker = StreamTracker()
+    tracker.feed(head)
+    assert tracker.in_frames
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+        b"CONNECT h:1 HTTP/1.1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n",
+    ],
+    ids=["gzip-te", "te-and-cl", "two-cl", "signed-cl", "connect", "bad-chunk", "long-line"],
+)
+def test_what_aiohttp_refuses_is_not_followed(head: bytes) -> None:
+    for seed in range(5):
+        tracker, passed = run(head + UPGRADE, seed)
+        assert tracker.lost
+        assert passed == head + UPGRADE
+        assert not tracker.in_frames
+
+
+def test_a_dripped_head_costs_no_more_than_its_lines() -> None:
+    """One byte per chunk (a slowloris): the head is still found, with bounded state."""
+    tracker = StreamTracker()
+    for byte in UPGRADE:
+        assert tracker.feed(bytes([byte])) == 1
+    assert tracker.requests == 1
+    assert tracker.in_frames
