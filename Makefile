@@ -35,7 +35,7 @@ soak: install ## the reliability suite at its long scale (see README, "Reliabili
 	SOAK=1 $(BIN)/python -m pytest -m soak
 
 compliance: install ## the Autobahn TestSuite (517 cases) against the real server
-	$(BIN)/python -m echo.compliance
+	$(BIN)/python -m compliance
 
 lint: install ## ruff and mypy, both clean
 	$(BIN)/ruff check .
@@ -48,7 +48,7 @@ clean:
 .PHONY: bench bench-quick
 
 bench: install ## the benchmark: real server vs bare aiohttp, 5 rounds (about 4 minutes)
-	$(BIN)/python -m echo.bench
+	$(BIN)/python -m bench
 
 bench-quick: install ## a short benchmark run (about a minute), as in CI
-	$(BIN)/python -m echo.bench --quick
+	$(BIN)/python -m bench --quick

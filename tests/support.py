@@ -1,21 +1,43 @@
-"""Helpers for tests: free ports, clean environments, real server subprocesses, polling."""
+"""Helpers for tests: clean environments, the settings variables, polling.
+
+The free-port helper and the server launcher live in ``harness/`` (shared with the
+benchmark and the conformance runner) and are re-exported here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from echo.config import ServerSettings
+from harness.ports import free_port
+from harness.process import ServerProcess
+
+__all__ = [
+    "CLIENT_VARIABLES",
+    "CONFIG_VARIABLES",
+    "FAULT",
+    "SERVER_VARIABLES",
+    "TEST_SETTINGS",
+    "TLS_SERVER_VARIABLES",
+    "ServerFactory",
+    "ServerProcess",
+    "children",
+    "clean_env",
+    "engine_under_test",
+    "free_port",
+    "inject_fault",
+    "run_server_briefly",
+    "seconds_until_cut_off",
+    "wait_until",
+]
 
 SERVER_VARIABLES = [
     "HOST",
@@ -67,13 +89,6 @@ def engine_under_test() -> str:
     return choose(os.environ.get("ENGINE", "auto").strip().lower() or "auto")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def children(pid: int) -> set[int]:
     """The live child processes of ``pid`` (gunicorn's or nginx's workers), from /proc."""
     found = set()
@@ -115,61 +130,6 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 
 ServerFactory = Callable[..., Any]
-
-
-class ServerProcess:
-    """``python -m echo.server`` as a subprocess on a free loopback port."""
-
-    def __init__(
-        self, env: dict[str, str], cwd: Path, log_path: Path, port: int | None = None
-    ) -> None:
-        self.port = int(env["PORT"]) if port is None else port
-        self.host = env.get("HOST", "127.0.0.1")
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "echo.server"],
-            env=env,
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}/"
-
-    @property
-    def http(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.http}/healthz", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(f"server not ready after {timeout}s: {self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = 15.0) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
 
 
 async def wait_until(

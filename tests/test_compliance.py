@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from echo.compliance import CaseResult, read_report, summarise
+from compliance.autobahn import CaseResult, read_report, summarise
+from harness.process import ROOT
 from tests.support import clean_env
 
 
@@ -19,7 +20,7 @@ def test_close_code_and_16_mib_cases_pass_against_the_real_server(tmp_path: Path
         [
             sys.executable,
             "-m",
-            "echo.compliance",
+            "compliance",
             "--out",
             str(out),
             "--case",
@@ -30,6 +31,7 @@ def test_close_code_and_16_mib_cases_pass_against_the_real_server(tmp_path: Path
             "12.1.1",
         ],
         env=clean_env(),
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

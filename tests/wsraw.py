@@ -2,18 +2,42 @@
 
 Tests use it to fragment messages, send invalid frames, stay silent on pings and
 drip a handshake byte by byte. It speaks only to loopback servers the tests start.
+Frames and upgrade requests are built by ``harness.frames`` (shared with the
+benchmark's load generator); the opcodes, ``encode_frame`` and ``close_payload`` are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import os
 import struct
 from dataclasses import dataclass
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+from harness import frames
+from harness.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    close_payload,
+    encode_frame,
+)
+
+__all__ = [
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "Frame",
+    "RawWebSocket",
+    "close_payload",
+    "encode_frame",
+]
 
 
 @dataclass
@@ -27,30 +51,6 @@ class Frame:
         return struct.unpack("!H", self.payload[:2])[0] if len(self.payload) >= 2 else None
 
 
-def encode_frame(
-    opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0
-) -> bytes:
-    """Serialise one frame; clients must mask, so ``mask=False`` makes an invalid frame."""
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    length = len(payload)
-    mask_bit = 0x80 if mask else 0
-    if length < 126:
-        head += bytes([mask_bit | length])
-    elif length < 1 << 16:
-        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return head + key + masked
-
-
-def close_payload(code: int, reason: bytes = b"") -> bytes:
-    return struct.pack("!H", code) + reason
-
-
 class RawWebSocket:
     """A client connection after a successful (101) handshake."""
 
@@ -60,18 +60,7 @@ class RawWebSocket:
 
     @staticmethod
     def upgrade_request(host: str, port: int, origin: str | None = None) -> bytes:
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            "GET / HTTP/1.1",
-            f"Host: {host}:{port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-        ]
-        if origin is not None:
-            lines.append(f"Origin: {origin}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+        return frames.upgrade_request(host, port, origin=origin)
 
     @classmethod
     async def connect(

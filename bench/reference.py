@@ -4,15 +4,16 @@ Deliberately naive: default :class:`aiohttp.web.WebSocketResponse` settings (no
 heartbeat, deflate offered, text decoded and re-encoded) and the textbook
 ``async for msg in ws: await ws.send_*`` loop, on the same event loop (uvloop) and with
 the same runner options that matter for speed (no access log, backlog 1024) as
-``echo.server``. Usage: ``python -m echo.bench_reference PORT``.
+``echo.server``. Usage: ``PORT=8081 python -m bench.reference`` (on 127.0.0.1; HOST
+changes the address).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
-import sys
 
 from aiohttp import WSMsgType, web
 
@@ -30,7 +31,7 @@ async def handler(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def serve(port: int) -> None:
+async def serve(host: str, port: int) -> None:
     app = web.Application()
     app.router.add_get("/", handler)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -40,7 +41,7 @@ async def serve(port: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        await web.TCPSite(runner, host, port, backlog=1024).start()
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -50,7 +51,7 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(int(sys.argv[1])))
+        runner.run(serve(os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])))
 
 
 if __name__ == "__main__":

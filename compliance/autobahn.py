@@ -1,10 +1,11 @@
 """``make compliance``: the Autobahn TestSuite against the real server, through kosoku.
 
-Starts ``echo-server`` as a subprocess on a free loopback port (any origin, compression
-on, messages up to 16 MiB), runs every fuzzing-client case with kosoku's command line,
-then reads the report it wrote and prints the counts per verdict, the cases that are
-not OK and the run time. Exits 1 if any case failed (FAILED, UNIMPLEMENTED, ERROR, or
-a closing behaviour that is not OK/INFORMATIONAL), or if fewer cases ran than expected.
+Starts ``echo-server`` as a subprocess (``harness.process.ServerProcess``) on a free
+loopback port (any origin, compression on, messages up to 16 MiB), runs every
+fuzzing-client case with kosoku's command line, then reads the report it wrote and
+prints the counts per verdict, the cases that are not OK and the run time. Exits 1 if
+any case failed (FAILED, UNIMPLEMENTED, ERROR, or a closing behaviour that is not
+OK/INFORMATIONAL), or if fewer cases ran than expected.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from harness.ports import free_port
+from harness.process import ServerProcess
 
 EXPECTED_CASES = 517
 VERDICTS = ("OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED", "ERROR")
@@ -84,54 +86,31 @@ def summarise(results: list[CaseResult], seconds: float) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"compliance: the server exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("compliance: the server did not start")
-
-
 def run(out_dir: Path, parallel: int, cases: list[str]) -> int:
     kosoku = shutil.which("kosoku", path=str(Path(sys.executable).parent)) or shutil.which("kosoku")
     if kosoku is None:
         print("compliance: kosoku is not installed; run 'make install'", file=sys.stderr)
         return 2
-    port = free_port()
-    env = {**os.environ, **SERVER_ENV, "PORT": str(port)}
+    env = {**os.environ, **SERVER_ENV, "PORT": str(free_port())}
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    server_log = (out_dir / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "echo.server"], env=env, stdout=server_log, stderr=server_log
-    )
+    # cwd: the report directory, so a developer's .env cannot change the settings.
+    server = ServerProcess(env, out_dir, out_dir / "server.log")
     try:
-        wait_ready(f"http://127.0.0.1:{port}/healthz", server)
+        try:
+            server.wait_ready(20.0)
+        except (RuntimeError, TimeoutError) as error:
+            print(f"compliance: the server did not start: {error}", file=sys.stderr)
+            return 1
         command = [kosoku, "-m", "fuzzingclient", "-o", str(out_dir), "-p", str(parallel)]
         for case in cases:
             command += ["-i", case]
-        command.append(f"ws://127.0.0.1:{port}/")
+        command.append(server.url)
         started = time.monotonic()
         kosoku_run = subprocess.run(command, capture_output=True, text=True, check=False)
         seconds = time.monotonic() - started
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        server_log.close()
+        server.stop(graceful=True, timeout=30.0)
     index = out_dir / "index.json"
     if not index.is_file():
         print(kosoku_run.stdout + kosoku_run.stderr, file=sys.stderr)
@@ -147,7 +126,7 @@ def run(out_dir: Path, parallel: int, cases: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m echo.compliance", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m compliance", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("reports/autobahn"))
     parser.add_argument("--parallel", type=int, default=1, help="cases run at once")
     parser.add_argument(

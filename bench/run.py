@@ -1,8 +1,8 @@
 """``make bench``: the echo server against a bare aiohttp echo, side by side.
 
 For each round and scenario it starts a fresh real server (``python -m echo.server``)
-and a fresh reference (``python -m echo.bench_reference``) and drives each from its own
-load-generator process (``echo.bench_client``). The two run at the same time, both
+and a fresh reference (``python -m bench.reference``) and drives each from its own
+load-generator process (``bench.client``). The two run at the same time, both
 servers pinned to one CPU and both load generators to another (where the machine has
 two), so whatever else the machine does hits both alike: run one after the other, as
 ``--sequential`` does, the ratio of a round scattered from 0.65 to 1.3 on the shared
@@ -25,17 +25,18 @@ import json
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from harness.ports import free_port
+from harness.process import ServerProcess, child_env
 
 SERVERS = ("real", "reference")
 NO_METRICS = "nometrics"  # the real server with METRICS=false
@@ -84,12 +85,6 @@ def scenarios(quick: bool) -> list[Scenario]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def pin(pid: int, cpu: int) -> None:
     """Pin ``pid`` to ``cpu`` if this process may use more than one CPU."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -97,51 +92,33 @@ def pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(pid, {cpus[cpu % len(cpus)]})
 
 
-class Server:
-    """One server under test as a subprocess on a free loopback port."""
+def start_server(which: str, max_connections: int, workdir: Path) -> ServerProcess:
+    """One server under test (``which``: real, nometrics or reference) on a free
+    loopback port, pinned to the servers' CPU, once it accepts connections.
 
-    def __init__(self, which: str, max_connections: int, workdir: Path) -> None:
-        self.port = free_port()
-        env = dict(os.environ)
-        if which in ("real", NO_METRICS):
-            env.update(
-                HOST="127.0.0.1",
-                PORT=str(self.port),
-                ALLOWED_ORIGINS="*",
-                ALLOW_MISSING_ORIGIN="true",
-                MAX_CONNECTIONS=str(max_connections + 100),
-                LOG_LEVEL="warning",
-                METRICS="false" if which == NO_METRICS else "true",
-            )
-            argv = [sys.executable, "-m", "echo.server"]
-        else:
-            argv = [sys.executable, "-m", "echo.bench_reference", str(self.port)]
-        # cwd: an empty directory, so a developer's .env cannot change the settings.
-        self.log = (workdir / f"{which}.log").open("ab")
-        self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=self.log, stderr=self.log)
-        pin(self.proc.pid, 0)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with status {self.proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("server did not start listening")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
+    The working directory is an empty one, so a developer's .env cannot change the
+    settings; the environment is inherited (ENGINE, for one, reaches the real server).
+    """
+    port = free_port()
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
+    module = "bench.reference"
+    if which in ("real", NO_METRICS):
+        module = "echo.server"
+        env.update(
+            ALLOWED_ORIGINS="*",
+            ALLOW_MISSING_ORIGIN="true",
+            MAX_CONNECTIONS=str(max_connections + 100),
+            LOG_LEVEL="warning",
+            METRICS="false" if which == NO_METRICS else "true",
+        )
+    server = ServerProcess(env, workdir, workdir / f"{which}-{port}.log", module=module)
+    try:
+        pin(server.pid, 0)
+        server.wait_ready(20.0, healthz=module == "echo.server")
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def run_together(
@@ -149,17 +126,17 @@ def run_together(
 ) -> list[Any]:
     """Run scenario ``s`` against each server of ``which`` at the same time (servers on
     one CPU, their load generators on another); one result per server."""
-    servers: list[Server] = []
+    servers: list[ServerProcess] = []
     outs: list[str] = []
     try:
         for w in which:
-            servers.append(Server(w, s.connections, workdir))
+            servers.append(start_server(w, s.connections, workdir))
         clients = []
         for server in servers:
             params = {
                 "mode": s.mode,
                 "port": server.port,
-                "server_pid": server.proc.pid,
+                "server_pid": server.pid,
                 "connections": s.connections,
                 "kind": s.kind,
                 "size": s.size,
@@ -168,7 +145,8 @@ def run_together(
                 "warmup": warmup,
             }
             client = subprocess.Popen(
-                [sys.executable, "-m", "echo.bench_client", json.dumps(params)],
+                [sys.executable, "-m", "bench.client", json.dumps(params)],
+                env=child_env(dict(os.environ)),
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -177,7 +155,7 @@ def run_together(
         outs = [client.communicate(timeout=duration + warmup + 180)[0] for client in clients]
     finally:
         for server in servers:
-            server.stop()
+            server.stop(graceful=True)
     return [parse_result(out) for out in outs]
 
 
@@ -307,7 +285,7 @@ def raise_fd_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m echo.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short run for CI")
     parser.add_argument("--rounds", type=int, help="alternations per scenario (5; quick 1)")
     parser.add_argument("--duration", type=float, help="seconds measured (3; quick 1)")
@@ -369,9 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = [summarise(s, results[s.name]) for s in plan]
     print(table(plan, summaries))
     report = {
-        "command": " ".join(
-            ["python -m echo.bench", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "rounds": rounds,
         "duration_s": duration,
         "machine": {

@@ -7,7 +7,8 @@ that hides a difference between two servers. Every echoed frame is checked again
 exact opcode and payload sent, in order; anything else counts as an error. It offers no
 extensions, so neither server compresses (both would offer permessage-deflate).
 
-Run by ``echo.bench`` as ``python -m echo.bench_client '<json parameters>'``; it
+Frames and the upgrade request come from ``harness.frames``, the encoder the tests' raw
+peer uses too. Run by ``bench.run`` as ``python -m bench.client '<json parameters>'``; it
 reads the server's CPU time and memory from ``/proc/<server pid>`` at the edges of the
 measured window and prints one JSON object.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import resource
@@ -29,42 +29,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from echo.eventloop import loop_factory
+from harness import frames
+from harness.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    accept_value,
+    encode_frame,
+)
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 KEY = base64.b64encode(b"echo-bench-key16").decode()
-ACCEPT = base64.b64encode(hashlib.sha1(KEY.encode() + WS_GUID).digest())
+ACCEPT = accept_value(KEY).encode()
 MASK = b"\x37\xfa\x21\x3d"
-OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 1, 2, 8, 9, 10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CONNECT_TIMEOUT = 30.0
 
 
-def masked(payload: bytes) -> bytes:
-    """``payload`` XORed with MASK, as a client must send it."""
-    n = len(payload)
-    key = (MASK * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-
-
 def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A complete masked client frame (FIN set)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return head + MASK + masked(payload)
+    """A complete masked client frame (FIN set), with the one fixed key."""
+    return encode_frame(opcode, payload, key=MASK)
 
 
 def upgrade_request(port: int) -> bytes:
-    return (
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n"
-        f"Sec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n\r\n"
-    ).encode()
+    return frames.upgrade_request("127.0.0.1", port, origin=f"http://127.0.0.1:{port}", key=KEY)
 
 
 def server_cpu_seconds(pid: int) -> float:
