@@ -15,7 +15,9 @@ The exact rule for where the frames begin:
   else carries a body in a request.
 - A head that asks for a WebSocket (a ``Connection`` header with the ``upgrade`` token,
   an ``Upgrade: websocket`` header, and no body) ends the HTTP part: every byte after
-  it is taken as WebSocket frames. aiohttp too stops parsing HTTP right after such a
+  it is taken as WebSocket frames, and held (:attr:`holding`) until the server has
+  upgraded the connection (:meth:`StreamTracker.release`); if it refuses, they go with
+  the connection, never parsed as HTTP. aiohttp too stops parsing HTTP right after such a
   head (every release in the allowed range), and the server upgrades no other
   request: one with a body is refused, and a refused upgrade ends its connection
   once answered (echo.server), so the bytes after such a head are never read as HTTP.
@@ -29,8 +31,19 @@ The exact rule for where the frames begin:
   failed at once (1002) by the engine.
 
 In the frames, the tracker walks the headers only (payload bytes are skipped, never
-read): a frame without the mask bit stops the stream right before it
-(:attr:`violation`), so nothing from it on reaches aiohttp.
+read):
+
+- a frame without the mask bit stops the stream right before it (:attr:`violation`),
+  so nothing from it on reaches aiohttp;
+- a data frame that would take its message past ``limit`` bytes (MAX_MESSAGE_SIZE; for
+  a compressed message, past what DEFLATE can expand that many bytes to) stops it too,
+  at its header (:attr:`too_big`; the engine then fails the connection with 1009).
+  aiohttp 3.14.0-3.14.3 refuse an oversized frame only once it is complete, buffering
+  whatever it declared meanwhile; this bound holds on every release.
+
+A frame header cut by the end of a chunk is held back until it is complete, so that
+aiohttp never sees part of a frame that stops the stream. :meth:`StreamTracker.feed`
+returns ``data`` itself when all of it passes, else the list of pieces that do.
 """
 
 from __future__ import annotations
@@ -58,20 +71,32 @@ class StreamTracker:
 
     __slots__ = (
         "_chunked",
+        "_compressed",
         "_head",
         "_left",
         "_lengths",
         "_line",
+        "_message",
         "_method",
         "_skip",
         "_upgrade",
         "_websocket",
+        "held",
+        "held_bytes",
+        "holding",
+        "limit",
         "phase",
         "requests",
         "seen",
+        "too_big",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit  # bytes a data message may have (0: no limit)
+        self.too_big = False
+        self.holding = False  # frames before the upgrade are held until release()
+        self.held: list[bytes] = []
+        self.held_bytes = 0
         self.phase = _HEAD
         self.requests = 0
         self.seen = False
@@ -79,6 +104,8 @@ class StreamTracker:
         self._left = 0  # body, chunk or CRLF bytes still to skip
         self._skip = 0  # frames: bytes of the current frame (mask, payload) still to come
         self._head = b""  # frames: the start of a frame header cut by the end of a chunk
+        self._message = 0  # frames: payload bytes the current data message declared so far
+        self._compressed = False  # frames: the current message has RSV1 (compressed)
         self._new_head()
 
     def _new_head(self) -> None:
@@ -101,24 +128,26 @@ class StreamTracker:
     @property
     def violation(self) -> bool:
         """Whether an unmasked frame stopped the stream."""
-        return self.phase == STOPPED
+        return self.phase == STOPPED and not self.too_big
 
-    def feed(self, data: bytes) -> int:
-        """Follow ``data``; return how many of its bytes may be passed on: all of them,
-        or after an unmasked frame the bytes before it (0 once stopped)."""
+    def feed(self, data: bytes) -> bytes | list[bytes]:
+        """Follow ``data``; return what may be passed on: ``data`` itself, or the
+        pieces of it (and of held-back headers) that pass (none once stopped)."""
         self.seen = True
         phase = self.phase
         if phase == FRAMES:
+            if self.holding:
+                return self._held_back(self._frames(data, 0))
             return self._frames(data, 0)
         if phase == LOST:
-            return len(data)
+            return data
         if phase == STOPPED:
-            return 0
+            return []
         return self._http(data)
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    def _http(self, data: bytes) -> int:
+    def _http(self, data: bytes) -> bytes | list[bytes]:
         size = len(data)
         pos = 0
         while pos < size:
@@ -126,7 +155,7 @@ class StreamTracker:
             if phase in (_BODY, _CHUNK_DATA, _CHUNK_END):
                 step = min(self._left, size - pos)
                 if phase == _CHUNK_END and data[pos : pos + step] != _CRLF[2 - self._left :][:step]:
-                    return self._lose(size)
+                    return self._lose(data)
                 self._left -= step
                 pos += step
                 if self._left == 0:
@@ -137,27 +166,31 @@ class StreamTracker:
                     else:
                         self.phase = _CHUNK_SIZE
                 continue
-            if phase == FRAMES:
-                return self._frames(data, pos)
+            if phase == FRAMES:  # the frames begin here
+                frames = self._frames(data[pos:], 0)
+                if self.holding:
+                    self._held_back(frames)
+                    return [data[:pos]]
+                return [data[:pos], *([frames] if isinstance(frames, bytes) else frames)]
             if phase == LOST:
-                return size
+                return data
             # A line: _HEAD, _CHUNK_SIZE or _TRAILERS.
             end = data.find(b"\r\n", pos)
             if end < 0 or self._line:
                 line, pos = self._join_line(data, pos, end)
                 if line is None:
-                    return size
+                    return data
             else:
                 line, pos = data[pos:end], end + 2
             if len(line) > MAX_LINE:
-                return self._lose(size)
+                return self._lose(data)
             if phase == _HEAD:
                 self._head_line(line)
             elif phase == _CHUNK_SIZE:
                 self._chunk_size(line)
             elif not line:  # the empty line after the trailers
                 self.phase = _HEAD
-        return size
+        return data
 
     def _join_line(self, data: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
         """A line cut by chunk ends: keep its start, or complete it. A CR ending one
@@ -219,6 +252,22 @@ class StreamTracker:
                 self.phase = FRAMES if websocket else _HEAD
         else:
             self.phase = FRAMES if websocket else _HEAD
+        self.holding = self.phase == FRAMES
+
+    def _held_back(self, passed: bytes | list[bytes]) -> list[bytes]:
+        """Hold what would pass until :meth:`release`; nothing passes now."""
+        pieces = [passed] if isinstance(passed, bytes) else passed
+        self.held += pieces
+        self.held_bytes += sum(map(len, pieces))
+        return []
+
+    def release(self) -> list[bytes]:
+        """The connection is upgraded: what was held, in order, to pass on now."""
+        held = self.held
+        self.holding = False
+        self.held = []
+        self.held_bytes = 0
+        return held
 
     def _chunk_size(self, line: bytes) -> None:
         text = line.split(b";", 1)[0]
@@ -231,40 +280,73 @@ class StreamTracker:
         else:
             self.phase, self._left = _CHUNK_DATA, size
 
-    def _lose(self, size: int) -> int:
+    def _lose(self, data: bytes) -> bytes:
         self.phase = LOST
-        return size
+        return data
 
     # -- WebSocket frames ----------------------------------------------------------------
 
-    def _frames(self, data: bytes, start: int) -> int:
-        """Walk the frame headers in ``data`` from ``start``; the whole walk is inline, as
-        it runs for every chunk a WebSocket receives."""
-        view = data
-        offset = 0  # where ``data`` starts in ``view``
-        if self._head:  # a frame header cut by the end of the last chunk
-            view = self._head + data[start:]
-            offset = len(self._head) - start
-            self._head = b""
-            pos = 0
-        else:
-            pos = start + self._skip
-        size = len(view)
+    def _frames(self, data: bytes, start: int) -> bytes | list[bytes]:
+        """Walk the frame headers in ``data`` from ``start`` (``data[:start]`` is HTTP,
+        passed on). The common case (whole headers, nothing dropped) returns ``data``
+        after a few operations per frame: this runs for every chunk a WebSocket gets."""
+        size = len(data)
+        pos = start + self._skip
+        out: list[bytes] | None = None  # once a held-back header passes
+        keep = 0  # data[keep:pos] is the run being passed on
+        head = self._head
+        limit = self.limit
         while pos < size:
-            if pos + 2 > size:
-                self._head = view[pos:]
-                return len(data)
-            second = view[pos + 1]
+            if head:  # a header begun in the last chunk, held back
+                view = head + data[pos : pos + 14]
+                at = 0
+            else:
+                view = data
+                at = pos
+            if at + 2 > len(view):
+                return self._hold(data, view[at:], out, keep, pos)
+            first = view[at]
+            second = view[at + 1]
             if not second & 0x80:
                 self.phase = STOPPED
-                return max(0, pos - offset)
+                return [*(out or ()), data[keep:pos]]
             length = second & 0x7F
             header = 2 if length < 126 else 4 if length == 126 else 10
-            if pos + header > size:
-                self._head = view[pos:]
-                return len(data)
+            if at + header > len(view):
+                return self._hold(data, view[at:], out, keep, pos)
             if length >= 126:
-                length = int.from_bytes(view[pos + 2 : pos + header], "big")
-            pos += header + 4 + length
-        self._skip = pos - size
-        return len(data)
+                length = int.from_bytes(view[at + 2 : at + header], "big")
+            end = pos + header - len(head) + 4 + length  # where the frame ends in data
+            if first & 0x0F < 8 and limit:  # a data frame: its message's size so far
+                if first & 0x0F:  # not a continuation: a new message
+                    self._message = 0
+                    self._compressed = bool(first & 0x40)
+                self._message += length
+                # DEFLATE adds at most 5 bytes per 16 KiB stored block, and a little more.
+                allowed = limit + (limit >> 12) + 1024 if self._compressed else limit
+                if self._message > allowed:
+                    self.too_big = True
+                    self.phase = STOPPED
+                    return [*(out or ()), data[keep:pos]]
+                if first & 0x80:
+                    self._message = 0
+            if head:  # the held-back start of a frame that passes: now it may go
+                if out is None:
+                    out = []
+                out += (data[keep:pos], head)
+                keep = pos
+                head = self._head = b""
+            pos = end
+        self._skip = pos - size if pos > size else 0
+        if out is None:
+            return data
+        out.append(data[keep:])
+        return out
+
+    def _hold(
+        self, data: bytes, cut: bytes, out: list[bytes] | None, keep: int, pos: int
+    ) -> list[bytes]:
+        """Keep ``cut``, a frame header's start, until the next chunk completes it."""
+        self._head = cut
+        self._skip = 0
+        return [*(out or ()), data[keep:pos]]

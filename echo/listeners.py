@@ -19,7 +19,14 @@ engine, on every aiohttp release the dependency range allows, the same bounds:
   stops the stream right before it (RFC 6455 5.1: the server must fail the
   connection). In its place aiohttp's parser gets :data:`FAIL_FRAME`, a frame it fails
   with 1002 itself, so the connection ends as aiohttp ends every protocol error, on
-  either engine: close 1002, transport closed, nothing after it parsed.
+  either engine: close 1002, transport closed, nothing after it parsed. What follows an
+  upgrade request is held until the engine has upgraded the connection
+  (:meth:`Gate.upgraded`), then passed to its frame parser; a refused upgrade ends the
+  connection, and what was held with it (aiohttp would parse it as HTTP; 3.14.0-3.14.3
+  then fail to answer at all).
+- **The size limit at the frame header.** A data frame that would take its message
+  past MAX_MESSAGE_SIZE stops the stream at its header (none of it is buffered), and
+  the engine is told to fail the connection with 1009 (:meth:`Gate.upgraded`).
 
 The gate stays in place for the connection's life: one Python call per chunk received,
 about what the fast path's own mask check cost before it moved here.
@@ -31,6 +38,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from aiohttp import web
@@ -45,6 +53,7 @@ log = logging.getLogger("echo.server")
 
 BACKLOG = 1024  # pending connections the kernel queues for us
 CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close (WebSocket or TLS) after ours
+HOLD_LIMIT = 65_536  # bytes held before the upgrade is decided, before reading pauses
 # A fragmented ping (FIN clear on a control frame), masked, empty: every aiohttp release
 # fails it with 1002 ("fragmented control frame"; tests/test_engine_contract.py).
 FAIL_FRAME = b"\x09\x80\x00\x00\x00\x00"
@@ -96,7 +105,18 @@ class Gate(asyncio.Protocol):
     ``tracker.seen`` is set by every chunk received.
     """
 
-    __slots__ = ("_deadline", "_events", "_inner", "_loop", "_timer", "failure", "tracker")
+    __slots__ = (
+        "_deadline",
+        "_events",
+        "_inner",
+        "_loop",
+        "_paused",
+        "_timer",
+        "_too_big",
+        "failure",
+        "tracker",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -104,16 +124,21 @@ class Gate(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         timeout: float,
         events: ListenerEvents,
+        limit: int,
     ) -> None:
         self._inner = inner
         self._loop = loop
         self._events = events
         self._deadline = timeout  # a duration until connection_made makes it a time
         self._timer: asyncio.TimerHandle | None = None
-        self.tracker = StreamTracker()
+        self._too_big: Callable[[], None] | None = None
+        self.transport: asyncio.Transport | None = None
+        self._paused = False  # reading paused while too much is held
+        self.tracker = StreamTracker(limit)
         self.failure: str | None = None  # why FAIL_FRAME was passed on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
         self._deadline += self._loop.time()
         self._timer = self._loop.call_at(
             self._deadline, self._expired, cast(asyncio.Transport, transport)
@@ -126,16 +151,30 @@ class Gate(asyncio.Protocol):
         if self._timer is not None and tracker.requests:
             self._timer.cancel()
             self._timer = None
-        if passed == len(data):
-            self._inner.data_received(data)
-        elif self.failure is None and tracker.violation:
+        inner = self._inner
+        if isinstance(passed, bytes):  # all of it (a list when anything is held or dropped)
+            inner.data_received(passed)
+            return
+        for piece in passed:
+            if piece:
+                inner.data_received(piece)
+        if tracker.holding:  # frames before the upgrade: acted on in upgraded()
+            if tracker.held_bytes > HOLD_LIMIT and not self._paused:
+                self._paused = True
+                cast(asyncio.Transport, self.transport).pause_reading()
+            return
+        if tracker.violation and self.failure is None:
             self.failure = UNMASKED
-            self._inner.data_received(data[:passed] + FAIL_FRAME)
+            inner.data_received(FAIL_FRAME)
+        if tracker.too_big and self._too_big is not None:
+            too_big, self._too_big = self._too_big, None
+            too_big()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._too_big = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -155,15 +194,31 @@ class Gate(asyncio.Protocol):
             self._events.handshake_timeout()
             transport.abort()  # no TLS close_notify for a peer that sent nothing usable
 
-    def upgraded(self) -> None:
-        """The engine upgraded the connection (its frame parser is set). Where the
-        tracker cannot tell where its frames begin (echo.framing), they cannot be
-        checked: the connection is failed with 1002 at once."""
+    def upgraded(self, too_big: Callable[[], None]) -> None:
+        """The engine upgraded the connection (its frame parser is set); ``too_big`` is
+        to fail it with 1009 once a message goes past the limit (at once if one did
+        already). Where the tracker cannot tell where its frames begin (echo.framing),
+        they cannot be checked: the connection is failed with 1002 at once."""
         tracker = self.tracker
-        if not tracker.in_frames and self.failure is None:
+        inner = self._inner
+        if not tracker.in_frames:
             self.failure = "frames not locatable in the stream"
             tracker.phase = STOPPED
-            self._inner.data_received(FAIL_FRAME)
+            inner.data_received(FAIL_FRAME)
+            return
+        for piece in tracker.release():  # what came with or after the upgrade request
+            if piece:
+                inner.data_received(piece)
+        if self._paused:
+            self._paused = False
+            cast(asyncio.Transport, self.transport).resume_reading()
+        if tracker.violation:
+            self.failure = UNMASKED
+            inner.data_received(FAIL_FRAME)
+        elif tracker.too_big:
+            too_big()
+        else:
+            self._too_big = too_big
 
 
 def gate_of(transport: asyncio.BaseTransport | None) -> Gate | None:
@@ -206,9 +261,10 @@ async def listen(
     server = runner.server
     assert server is not None, "runner.setup() first"
     timeout = settings.handshake_timeout
+    limit = settings.max_message_size
 
     def gate() -> Gate:
-        return Gate(server(), loop, timeout, events)
+        return Gate(server(), loop, timeout, events, limit)
 
     options: dict[str, Any] = {"backlog": BACKLOG}
     if settings.tls:

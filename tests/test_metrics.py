@@ -276,9 +276,9 @@ async def test_close_codes_sent_and_received(
     sent: int,
     received: int | None,
 ) -> None:
-    """Peer-initiated closes are answered; after aiohttp's protocol errors (1009, 1002,
-    1007 for a close reason that is not UTF-8) aiohttp stops reading, so a peer's answer
-    to them is never seen."""
+    """Peer-initiated closes are answered; after protocol errors (1009 at the frame's
+    header, 1002, 1007 for a close reason that is not UTF-8) the connection is failed:
+    the server stops reading, so a peer's answer to them is never seen."""
     server = await start_app(max_message_size=100)
     code, dropped = await raw_close_exchange(server, frames, reply)
     assert code == sent

@@ -84,6 +84,17 @@ class PlainResponse(web.WebSocketResponse):
         return result
 
 
+async def fail(ws: web.WebSocketResponse, transport: Any, code: int, message: bytes) -> None:
+    """Fail the connection: close with ``code``, and drop the transport at once rather
+    than wait for the peer's answer, which the gate (echo.listeners) no longer passes on.
+    """
+    closing = asyncio.ensure_future(ws.close(code=code, message=message))
+    await asyncio.sleep(0)  # close() writes its frame in its first step, then waits
+    if transport is not None:
+        transport.close()
+    await closing
+
+
 class PlainSession:
     """One connection on the plain engine: the echo loop, and closes asked of it."""
 
@@ -94,6 +105,7 @@ class PlainSession:
         self.task: asyncio.Task[Any] | None = None
         self.closing = False  # the loop is closing: nothing to interrupt
         self.requested: tuple[int, bytes] | None = None  # a close asked for from elsewhere
+        self.failing = False  # the requested close fails the connection (echo.engine.plain.fail)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def close(self, *, code: int, message: bytes) -> None:
@@ -106,6 +118,16 @@ class PlainSession:
         if task is not None and not self.closing and task is not asyncio.current_task():
             task.cancel()  # the loop is waiting (receive or send); it closes next
         await asyncio.shield(self.done)
+
+    def too_big(self) -> None:
+        """The gate stopped the stream at a frame that takes its message past
+        MAX_MESSAGE_SIZE: fail the connection with 1009."""
+        self.app.peer_error(self.conn, "message over limit")
+        if self.requested is None:
+            self.requested = (protocol.MESSAGE_TOO_BIG, b"message too big")
+            self.failing = True
+        if self.task is not None and not self.closing:
+            self.task.cancel()  # the loop is waiting (receive or send); it closes next
 
     async def run(self) -> None:
         """Echo until the connection ends; an error of ours closes it with 1011."""
@@ -227,7 +249,10 @@ class PlainSession:
         self.closing = True
         try:
             async with asyncio.timeout(2 * CLOSE_TIMEOUT):
-                await self.ws.close(code=code, message=message, drain=drain)
+                if self.failing:
+                    await fail(self.ws, self.ws.echo_transport, code, message)
+                else:
+                    await self.ws.close(code=code, message=message, drain=drain)
         except TimeoutError:
             if self.ws.echo_transport is not None:
                 self.ws.echo_transport.abort()
@@ -267,8 +292,8 @@ class PlainEngine:
         app.opened(session, conn)
         try:
             gate = gate_of(transport)
-            if gate is not None:  # absent under aiohttp's own sites (adev): no mask check
-                gate.upgraded()
+            if gate is not None:  # absent under aiohttp's own sites (adev): no checks
+                gate.upgraded(session.too_big)
             await session.run()
         finally:
             app.ended(session, conn)

@@ -25,7 +25,7 @@ from echo.engine import App, Connection, plain_reason
 from echo.engine.fast.fastpath import EchoResponse
 from echo.engine.fast.heartbeat import Heartbeat
 from echo.engine.fast.runner import EchoRequestHandler, EchoRunner, nodelay_on_listeners
-from echo.engine.plain import PlainEngine
+from echo.engine.plain import PlainEngine, fail
 from echo.listeners import CLOSE_TIMEOUT, Gate, gate_of
 
 log = logging.getLogger("echo.server")
@@ -35,7 +35,7 @@ class FastLink:
     """Ties a detached connection's queue to the application: :meth:`wake` when
     something waits for ``receive()``, :meth:`ended` once the connection is lost."""
 
-    __slots__ = ("app", "conn", "gate", "serving", "ws")
+    __slots__ = ("app", "closing", "conn", "gate", "serving", "ws")
 
     def __init__(self, app: App, ws: EchoResponse, conn: Connection, gate: Gate) -> None:
         self.app = app
@@ -43,6 +43,7 @@ class FastLink:
         self.conn = conn
         self.gate = gate
         self.serving: asyncio.Future[None] | None = None
+        self.closing: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
         """The queue holds a message or error: serve it in a task (one at a time)."""
@@ -53,6 +54,15 @@ class FastLink:
         ws = self.ws
         ws.release()
         self.app.ended(ws, self.conn)
+
+    def too_big(self) -> None:
+        """The gate stopped the stream at a frame that takes its message past
+        MAX_MESSAGE_SIZE: fail the connection with 1009."""
+        self.app.peer_error(self.conn, "message over limit")
+        if self.closing is None:
+            transport = self.gate.transport
+            failing = fail(self.ws, transport, protocol.MESSAGE_TOO_BIG, b"message too big")
+            self.closing = asyncio.ensure_future(failing)
 
     async def serve(self) -> None:
         ws = self.ws
@@ -167,6 +177,6 @@ class FastEngine:
         app.opened(ws, conn)
         ws.start_echo(conn, app.settings.max_message_size)
         link = FastLink(app, ws, conn, gate)
-        gate.upgraded()
+        gate.upgraded(link.too_big)
         ws.detach(wake=link.wake, ended=link.ended)
         return ws
