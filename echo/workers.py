@@ -199,8 +199,12 @@ class EchoWorker(Worker):  # type: ignore[misc]
         # The arbiter's SIGCHLD handler is not ours.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.early_stop: list[int] = []
-        inherited: queue.SimpleQueue[int] | None = getattr(self, "arbiter_signals", None)
-        while inherited is not None and not inherited.empty():
+        inherited: queue.SimpleQueue[int] | list[int] | None = getattr(
+            self, "arbiter_signals", None
+        )
+        if isinstance(inherited, list):  # gunicorn before 24 keeps a list
+            self.early_stop += inherited
+        while inherited is not None and not isinstance(inherited, list) and not inherited.empty():
             self.early_stop.append(inherited.get_nowait())
         # Once running, the loop dispatches from its wake-up fd whatever Python handler
         # is installed; this one only keeps a note for the time before.
@@ -264,6 +268,8 @@ class EchoApplication(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         for name, value in gunicorn_config(self.settings, self._binds).items():
+            if name == "control_socket_disable" and name not in self.cfg.settings:
+                continue  # an older gunicorn, without a control socket to disable
             self.cfg.set(name, value)
 
     def load(self) -> web.Application:
@@ -311,8 +317,8 @@ def _when_ready(settings: ServerSettings) -> Callable[[Any], None]:
 
 
 def _post_fork(arbiter: Any, worker: Any) -> None:
-    """In the new worker: keep the arbiter's signal queue for EchoWorker.init_signals
-    (gunicorn 27's; without one, a signal during boot waits for the next)."""
+    """In the new worker: keep the arbiter's signal queue (a list before gunicorn 24) for
+    EchoWorker.init_signals; without one, a signal during boot waits for the next."""
     worker.arbiter_signals = getattr(arbiter, "SIG_QUEUE", None)
 
 

@@ -125,6 +125,8 @@ def run_server_briefly(
 def clean_env(**overrides: str) -> dict[str, str]:
     """The test process's environment without any echo setting, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+    if "ENGINE" in os.environ:  # the engine under test (ENGINE=plain make test) stays
+        env["ENGINE"] = os.environ["ENGINE"]
     env.update(overrides)
     return env
 
