@@ -1,29 +1,44 @@
-# The project's commands. Every target installs the virtual environment first,
-# so on a fresh clone `make start` and `make test` work with nothing else typed.
+# The project's commands; `make help` lists them. Every target installs what it needs
+# into .venv first, so on a fresh clone `make start` and `make test` work with nothing
+# else typed: `start` and `client` only the runtime dependencies, the others the
+# development tools too.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: install start dev client dev-client test test-oldest soak lint compliance clean
+.DEFAULT_GOAL := help
+.PHONY: help install install-runtime start dev client dev-client test test-oldest soak lint compliance clean deploy-lint image-test
 
-install: $(STAMP)
+help: ## list the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+
+install-runtime: $(RUNTIME) ## install the package and its runtime dependencies only
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $(RUNTIME)
+
+install: $(STAMP) ## install the package with the development tools (tests, lint, adev)
+
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(RUNTIME) $(STAMP)
 
-start: install ## run the server (PORT and the rest from the environment or .env)
+start: install-runtime ## run the server (PORT and the rest from the environment or .env)
 	$(BIN)/echo-server
+
+client: install-runtime ## run the echo client (flags in ARGS, e.g. ARGS='--count 3')
+	$(BIN)/echo-client $(ARGS)
 
 dev: install ## the server under adev runserver, reloaded on code change
 	$(BIN)/python -m echo.dev
-
-client: install ## run the echo client (WS_URL and the rest from the environment or .env; flags in ARGS)
-	$(BIN)/echo-client $(ARGS)
 
 dev-client: install ## the client, restarted when code in echo/ changes
 	$(BIN)/watchfiles --filter python --target-type command '$(BIN)/python -m echo.client $(ARGS)' echo
@@ -50,7 +65,7 @@ test-oldest: ## the plain engine's suites on the oldest aiohttp and gunicorn all
 		print('aiohttp', aiohttp.__version__, 'gunicorn', gunicorn.__version__)" && \
 	ENGINE=plain $(OLDEST_VENV)/bin/python -m pytest $(PLAIN_SUITES)
 
-soak: install ## the reliability suite at its long scale (see README, "Reliability")
+soak: install ## the reliability suite at its long scale (see docs/testing.md)
 	SOAK=1 $(BIN)/python -m pytest -m soak
 
 compliance: install ## the Autobahn TestSuite (517 cases) against the real server
@@ -61,8 +76,36 @@ lint: install ## ruff and mypy, both clean
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-clean:
-	rm -rf $(VENV) $(OLDEST_VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
+clean: ## remove .venv, .venv-deploy, .venv-oldest and every cache and report
+	rm -rf $(VENV) $(DEPLOY_VENV) $(OLDEST_VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# The container image and the Kubernetes manifests (docs/container.md). Their linters
+# live in an environment of their own: checkov alone brings about a hundred packages.
+DEPLOY_VENV := .venv-deploy
+DEPLOY_BIN := $(DEPLOY_VENV)/bin
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+# Kubernetes versions the manifests are validated against (kubernetes-validate's schemas).
+K8S_VERSIONS := 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0 1.36.0 1.37.0
+
+$(DEPLOY_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_BIN)/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_BIN)/python -m pip install --quiet -e '.[deploy]'
+	touch $(DEPLOY_STAMP)
+
+deploy-lint: $(DEPLOY_STAMP) ## hadolint, the manifests rendered by kustomize against each K8S_VERSIONS schema, checkov
+	$(DEPLOY_BIN)/hadolint Dockerfile
+	$(DEPLOY_BIN)/kubectl kustomize deploy/kubernetes > $(DEPLOY_VENV)/rendered.yaml
+	for version in $(K8S_VERSIONS); do \
+		$(DEPLOY_BIN)/kubernetes-validate --strict --quiet -k $$version $(DEPLOY_VENV)/rendered.yaml \
+			|| exit 1; \
+	done
+	$(DEPLOY_BIN)/checkov --quiet --compact --skip-download --framework kubernetes dockerfile \
+		--file Dockerfile $(wildcard deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml)
+
+image-test: install deploy-lint ## deploy-lint, then build the image with podman and test it (a few minutes)
+	IMAGE_TEST=1 PATH="$(CURDIR)/$(DEPLOY_BIN):$$PATH" $(BIN)/python -m pytest tests/test_image.py tests/test_deploy_lint.py
+	@cat reports/image.txt
 
 .PHONY: bench bench-quick
 

@@ -16,7 +16,6 @@ certificate that fails verification with :class:`CertificateUntrusted`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -31,7 +30,14 @@ import aiohttp
 from aiohttp import WSMsgType, hdrs
 
 from echo.backoff import Backoff, parse_retry_after
-from echo.config import ClientSettings, ConfigError, load_environment
+from echo.cli import command_line
+from echo.config import (
+    CLIENT_VARIABLES,
+    ClientSettings,
+    ConfigError,
+    env_file_warnings,
+    load_environment,
+)
 from echo.eventloop import loop_factory
 from echo.logs import configure_logging, event
 from echo.payloads import Payloads
@@ -479,11 +485,13 @@ def _certificate_reason(error: aiohttp.ClientConnectorCertificateError) -> str:
 
 def parse_flags(argv: list[str] | None) -> dict[str, str]:
     """The given flags as raw strings keyed by flag name, for ClientSettings.from_env."""
-    parser = argparse.ArgumentParser(
-        prog="echo-client",
-        description="Reconnecting WebSocket echo client. Configured by environment "
-        "variables and a .env file in the working directory, overridden by these flags; "
-        "see README.md or .env.example.",
+    parser = command_line(
+        "echo-client",
+        "Reconnecting WebSocket echo client. Configured by environment variables, also "
+        "read from a .env file in the working directory (the environment wins), "
+        "overridden by these flags. Durations are in milliseconds.",
+        CLIENT_VARIABLES,
+        check_config=False,
     )
     parser.add_argument("--url", help="server URL, ws:// or wss:// (WS_URL)")
     parser.add_argument("--interval", metavar="MS", help="time between messages (MESSAGE_INTERVAL)")
@@ -529,6 +537,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console script ``echo-client``: exit 0 after a stop, 1 on HTTP 403 or an untrusted
     certificate, 2 on bad settings."""
     flags = parse_flags(argv)
+    for warning in env_file_warnings():
+        print(f"echo-client: warning: {warning}", file=sys.stderr)
     try:
         settings = ClientSettings.from_env(load_environment(), flags)
     except ConfigError as error:

@@ -1,9 +1,15 @@
 """Settings: read from the environment and a ``.env`` file, validated in one place.
 
-Every value is checked at start-up. A bad one raises :class:`ConfigError`, whose
-message is the single line the entry points print before exiting with status 2.
-Durations are given in milliseconds (as in the original Node.js app) and stored
-in seconds.
+Every variable is declared once below (``SERVER_VARIABLES``, ``CLIENT_VARIABLES``: name,
+default, help, kind of value, the settings field it fills); ``echo.variables`` turns
+the declarations into reading and validation, ``--help``, the effective-settings line
+and the warning for a misspelt name in ``.env``. Adding a variable is adding its
+declaration and its field in ``ServerSettings`` or ``ClientSettings``, the validated
+results that are passed down.
+
+A bad value raises :class:`ConfigError`, whose message is the single line the entry
+points print before exiting with status 2. Durations are given in milliseconds (as in
+the original Node.js app) and stored in seconds.
 """
 
 from __future__ import annotations
@@ -15,54 +21,78 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dotenv import dotenv_values
 from yarl import URL
 
-from echo.origins import Origin, parse_origin
-from echo.proxies import Network, parse_trusted_proxies
-from echo.text import preview
+from echo.origins import (
+    Origin,
+    OriginPattern,
+    parse_allowed_origin,
+    parse_host_pattern,
+    parse_origin,
+)
+from echo.proxies import Network
 from echo.tls import EncryptedKeyError, client_context, server_context
+from echo.variables import (
+    BOOLEAN,
+    BOTH,
+    CLIENT,
+    MAX_DURATION_MS,
+    ConfigError,
+    Invalid,
+    Kind,
+    Variable,
+    choice,
+    duration,
+    effective,
+    integer,
+    listed,
+    read_all,
+    unknown_names,
+    variable,
+)
+
+__all__ = ["MAX_DURATION_MS", "ClientSettings", "ConfigError", "ServerSettings"]
 
 T = TypeVar("T")
 
-MAX_DURATION_MS = 86_400_000  # one day: longer waits are a typo, not a wish
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENGINES = ("auto", "plain", "fast")  # echo.engine: which engine moves the frames
 MAX_MESSAGE_COUNT = 10**12
 MAX_WORKERS = 64
 MAX_CLIENT_MESSAGE_SIZE = 1 << 30
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# A pod or host name, a container id, host:port: what says which backend answered.
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:-]{0,252})")
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; ``str()`` is one printable line."""
-
-    def __init__(self, name: str, value: str, expected: str) -> None:
-        self.name = name
-        self.value = value
-        self.expected = expected
-        super().__init__(f"invalid {name}={preview(value, 80)}: expected {expected}")
+def read_env_file(env_file: str | Path = ".env") -> dict[str, str]:
+    """The variables of ``env_file``, or nothing if there is no such file."""
+    path = Path(env_file)
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def load_environment(
     environ: Mapping[str, str] | None = None, env_file: str | Path = ".env"
 ) -> dict[str, str]:
     """Merge ``env_file`` (if it exists) under ``environ``; the real environment wins."""
-    merged: dict[str, str] = {}
-    path = Path(env_file)
-    if path.is_file():
-        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged = read_env_file(env_file)
     merged.update(os.environ if environ is None else environ)
     return merged
 
 
+def env_file_warnings(env_file: str | Path = ".env") -> list[str]:
+    """One line per misspelt or unknown ECHO-looking name in ``env_file``."""
+    return unknown_names(read_env_file(env_file), (v.name for v in ALL_VARIABLES))
+
+
 class Reader:
-    """Typed accessors over an environment mapping; each raises ConfigError on bad input."""
+    """Typed reads of single values (the client's flag-only options); ConfigError if bad."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -70,41 +100,31 @@ class Reader:
     def raw(self, name: str, default: str) -> str:
         return self.env.get(name, default).strip()
 
+    def kind(self, name: str, default: str, kind: Kind) -> Any:
+        return variable(name, default, "", kind).read(self.env)
+
     def integer(self, name: str, default: int, low: int, high: int, what: str = "") -> int:
-        text = self.raw(name, str(default))
-        expected = what or f"an integer from {low} to {high}"
-        if not re.fullmatch(r"[+-]?[0-9]{1,19}", text):  # \d would take other scripts' digits
-            raise ConfigError(name, text, expected)
-        value = int(text)
-        if not low <= value <= high:
-            raise ConfigError(name, text, expected)
+        kind = integer(low, high)
+        if what:
+            kind = Kind(kind.parse, what, kind.show)
+        value: int = self.kind(name, str(default), kind)
         return value
 
     def duration(self, name: str, default_ms: int, low_ms: int = 1) -> float:
-        """Milliseconds in the environment, seconds in the program."""
-        expected = f"a duration in milliseconds from {low_ms} to {MAX_DURATION_MS}"
-        return self.integer(name, default_ms, low_ms, MAX_DURATION_MS, expected) / 1000
+        value: float = self.kind(name, str(default_ms), duration(low_ms))
+        return value
 
     def boolean(self, name: str, default: bool) -> bool:
-        text = self.raw(name, "true" if default else "false").lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise ConfigError(name, text, "true or false")
+        value: bool = self.kind(name, "true" if default else "false", BOOLEAN)
+        return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        text = self.raw(name, default).lower()
-        if text not in choices:
-            raise ConfigError(name, text, "one of " + ", ".join(choices))
-        return text
+        value: str = self.kind(name, default, choice(*choices))
+        return value
 
     def custom(self, name: str, default: str, parse: Callable[[str], T], expected: str) -> T:
-        text = self.raw(name, default)
-        try:
-            return parse(text)
-        except ValueError:
-            raise ConfigError(name, text, expected) from None
+        value: T = self.kind(name, default, Kind(parse, expected))
+        return value
 
 
 def parse_host(text: str) -> str:
@@ -120,12 +140,174 @@ def parse_host(text: str) -> str:
     raise ValueError(text)
 
 
-def parse_origins(text: str) -> tuple[bool, frozenset[Origin]]:
-    """``*`` admits any origin; otherwise a comma-separated list of exact origins."""
+def parse_instance_name(text: str) -> str:
+    """INSTANCE_NAME: empty (unset), or 1 to 253 letters, digits and ``. _ : -``."""
+    if text and not _INSTANCE_NAME.fullmatch(text):
+        raise ValueError(text)
+    return text
+
+
+ORIGIN_EXPECTED = "scheme://host[:port], where host may start with '*.' (one label)"
+OriginRules = tuple[bool, frozenset[Origin], tuple[OriginPattern, ...]]
+
+
+def parse_origins(text: str) -> OriginRules:
+    """``*`` admits any origin; otherwise comma-separated exact origins and patterns."""
     items = [item.strip() for item in text.split(",") if item.strip()]
     if "*" in items:
-        return True, frozenset()
-    return False, frozenset(parse_origin(item) for item in items)
+        return True, frozenset(), ()
+    exact: set[Origin] = set()
+    patterns: list[OriginPattern] = []
+    for position, item in enumerate(items, 1):
+        try:
+            entry = parse_allowed_origin(item)
+        except ValueError:
+            raise Invalid(ORIGIN_EXPECTED, (item, position, len(items))) from None
+        if isinstance(entry, OriginPattern):
+            patterns.append(entry)
+        else:
+            exact.add(entry)
+    return False, frozenset(exact), tuple(patterns)
+
+
+def show_origins(rules: OriginRules) -> str:
+    any_origin, exact, patterns = rules
+    if any_origin:
+        return "*"
+    return ",".join(sorted(str(o) for o in exact) + [str(p) for p in patterns])
+
+
+def parse_network(text: str) -> Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _path(text: str) -> str:
+    return text
+
+
+SERVER_VARIABLES: tuple[Variable, ...] = (
+    variable(
+        "HOST",
+        "0.0.0.0",
+        "bind address (IPv4, IPv6 or host name); 0.0.0.0 or :: for all interfaces",
+        Kind(parse_host, "an IP address or host name"),
+    ),
+    variable("PORT", "8080", "port to listen on (0 picks a free one)", integer(0, 65535)),
+    variable(
+        "WORKERS",
+        "1",
+        "processes serving PORT (more than 1: gunicorn, limits per process)",
+        integer(1, MAX_WORKERS),
+    ),
+    variable(
+        "ALLOWED_ORIGINS",
+        "http://localhost:3000,ws://localhost:8080",
+        "origins of browser pages allowed to connect: scheme://host[:port] or "
+        "scheme://*.example.com (one label), comma-separated; * for any",
+        Kind(
+            parse_origins,
+            "'*' or a comma-separated list of scheme://host[:port] (the host may start with '*.')",
+            show_origins,
+        ),
+        ("any_origin", "allowed_origins", "origin_patterns"),
+    ),
+    variable(
+        "ALLOW_MISSING_ORIGIN",
+        "true",
+        "admit handshakes without an Origin header (tools, not browser pages)",
+        BOOLEAN,
+    ),
+    variable(
+        "ALLOWED_HOSTS",
+        "",
+        "host names (or *.example.com) under which a page of this server is admitted "
+        "without being in ALLOWED_ORIGINS; IP addresses and localhost always are",
+        listed(parse_host_pattern, "a host name or *.name (at least two labels after *.)"),
+    ),
+    variable("MAX_CONNECTIONS", "100", "WebSocket connections open at once", integer(1, 1_000_000)),
+    variable(
+        "MAX_CONNECTIONS_PER_IP",
+        "0",
+        "WebSocket connections per client address; 0 = no limit",
+        integer(0, 1_000_000),
+    ),
+    variable(
+        "MAX_MESSAGE_SIZE",
+        "1048576",
+        "largest message in bytes, after reassembly",
+        integer(1, 1 << 30),
+    ),
+    variable(
+        "HEARTBEAT_INTERVAL",
+        "30000",
+        "ms; a silent peer is pinged, one that does not answer is dropped",
+        duration(),
+    ),
+    variable(
+        "HANDSHAKE_TIMEOUT",
+        "10000",
+        "ms to complete the HTTP upgrade (and idle timeout of plain HTTP keep-alive)",
+        duration(),
+    ),
+    variable(
+        "SHUTDOWN_TIMEOUT",
+        "10000",
+        "ms granted to open connections to close on SIGTERM/SIGINT",
+        duration(low_ms=0),
+    ),
+    variable("COMPRESSION", "true", "offer permessage-deflate", BOOLEAN),
+    variable("LOG_LEVEL", "info", "debug, info, warning or error", choice(*LOG_LEVELS), scope=BOTH),
+    variable(
+        "LOG_FORMAT",
+        "text",
+        "text (readable lines) or json (one object per line)",
+        choice(*LOG_FORMATS),
+        scope=BOTH,
+    ),
+    variable(
+        "TLS_CERT_FILE",
+        "",
+        "PEM certificate (chain allowed); with TLS_KEY_FILE: https:// and wss:// only",
+        Kind(_path, "a PEM certificate file"),
+    ),
+    variable(
+        "TLS_KEY_FILE",
+        "",
+        "PEM private key of TLS_CERT_FILE (unencrypted)",
+        Kind(_path, "a PEM private key file"),
+    ),
+    variable("METRICS", "true", "serve GET /metrics (Prometheus text format)", BOOLEAN),
+    variable(
+        "TRUSTED_PROXIES",
+        "",
+        "IP addresses or CIDR networks of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed, comma-separated",
+        listed(parse_network, "an IP address or CIDR network"),
+    ),
+    variable(
+        "ENGINE",
+        "auto",
+        "what moves the frames: auto (fast where proven for the installed aiohttp, else "
+        "plain), plain (aiohttp's public API) or fast",
+        choice(*ENGINES),
+    ),
+    variable(
+        "DRAIN_DELAY",
+        "0",
+        "ms to stay up after SIGTERM, not ready (/readyz 503) and refusing new "
+        "handshakes with 503, before closing connections (Kubernetes: 10000)",
+        duration(low_ms=0),
+    ),
+    variable(
+        "INSTANCE_NAME",
+        "",
+        "a name for this instance (e.g. the pod name), shown in /healthz",
+        Kind(
+            parse_instance_name,
+            "up to 253 letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +318,9 @@ class ServerSettings:
     port: int = 8080
     any_origin: bool = False
     allowed_origins: frozenset[Origin] = frozenset()
-    allow_missing_origin: bool = False
+    allow_missing_origin: bool = True
+    origin_patterns: tuple[OriginPattern, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     max_connections: int = 100
     max_connections_per_ip: int = 0
     max_message_size: int = 1_048_576
@@ -152,6 +336,8 @@ class ServerSettings:
     metrics: bool = True
     workers: int = 1
     engine: str = "auto"
+    drain_delay: float = 0.0
+    instance_name: str = ""
 
     @property
     def tls(self) -> bool:
@@ -160,41 +346,13 @@ class ServerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
-        r = Reader(env)
-        cert_file, key_file = read_tls_files(r)
-        any_origin, origins = r.custom(
-            "ALLOWED_ORIGINS",
-            "http://localhost:3000,ws://localhost:8080",
-            parse_origins,
-            "'*' or a comma-separated list of scheme://host[:port]",
-        )
-        return cls(
-            host=r.custom("HOST", "0.0.0.0", parse_host, "an IP address or host name"),
-            port=r.integer("PORT", 8080, 0, 65535),
-            any_origin=any_origin,
-            allowed_origins=origins,
-            allow_missing_origin=r.boolean("ALLOW_MISSING_ORIGIN", False),
-            max_connections=r.integer("MAX_CONNECTIONS", 100, 1, 1_000_000),
-            max_connections_per_ip=r.integer("MAX_CONNECTIONS_PER_IP", 0, 0, 1_000_000),
-            max_message_size=r.integer("MAX_MESSAGE_SIZE", 1_048_576, 1, 1 << 30),
-            heartbeat_interval=r.duration("HEARTBEAT_INTERVAL", 30_000),
-            handshake_timeout=r.duration("HANDSHAKE_TIMEOUT", 10_000),
-            shutdown_timeout=r.duration("SHUTDOWN_TIMEOUT", 10_000, low_ms=0),
-            compression=r.boolean("COMPRESSION", True),
-            log_level=r.choice("LOG_LEVEL", "info", LOG_LEVELS),
-            tls_cert_file=cert_file,
-            tls_key_file=key_file,
-            log_format=r.choice("LOG_FORMAT", "text", LOG_FORMATS),
-            trusted_proxies=r.custom(
-                "TRUSTED_PROXIES",
-                "",
-                parse_trusted_proxies,
-                "a comma-separated list of IP addresses or CIDR networks",
-            ),
-            metrics=r.boolean("METRICS", True),
-            workers=r.integer("WORKERS", 1, 1, MAX_WORKERS),
-            engine=r.choice("ENGINE", "auto", ENGINES),
-        )
+        values = read_all(SERVER_VARIABLES, env)
+        check_tls_files(values["tls_cert_file"], values["tls_key_file"])
+        return cls(**values)
+
+    def effective(self) -> list[tuple[str, str]]:
+        """``(variable, value)`` pairs as in effect: the start-up line, --check-config."""
+        return effective(SERVER_VARIABLES, self)
 
 
 def _unreadable(path: str) -> str | None:
@@ -207,12 +365,10 @@ def _unreadable(path: str) -> str | None:
     return None
 
 
-def read_tls_files(r: Reader) -> tuple[str, str]:
+def check_tls_files(cert: str, key: str) -> None:
     """TLS_CERT_FILE and TLS_KEY_FILE: both or neither, readable, a certificate and its key."""
-    cert = r.raw("TLS_CERT_FILE", "")
-    key = r.raw("TLS_KEY_FILE", "")
     if not cert and not key:
-        return "", ""
+        return
     if not key:
         raise ConfigError("TLS_KEY_FILE", key, "a PEM private key file, since TLS_CERT_FILE is set")
     if not cert:
@@ -236,7 +392,20 @@ def read_tls_files(r: Reader) -> tuple[str, str]:
         raise ConfigError(
             "TLS_KEY_FILE", key, f"the PEM private key of TLS_CERT_FILE ({reason})"
         ) from None
-    return cert, key
+
+
+def parse_ca_file(path: str) -> str:
+    """TLS_CA_FILE: empty (the system store) or a readable PEM file of CA certificates."""
+    if not path:
+        return ""
+    problem = _unreadable(path)
+    if problem is not None:
+        raise Invalid(f"a readable PEM file of CA certificates ({problem})")
+    try:
+        client_context(path)
+    except (ssl.SSLError, OSError):
+        raise Invalid("a PEM file of CA certificates") from None
+    return path
 
 
 def read_ca_file(r: Reader) -> str:
@@ -268,6 +437,84 @@ def parse_ws_url(text: str) -> URL:
 def url_origin(url: URL) -> str:
     """The Origin a page at ``url`` would send: ``scheme://host[:port]`` (default port omitted)."""
     return str(url.origin())
+
+
+def _origin_or_empty(text: str) -> str:
+    return str(parse_origin(text)) if text else ""
+
+
+_SHARED = {v.name: v for v in SERVER_VARIABLES if "client" in v.scope}
+
+CLIENT_VARIABLES: tuple[Variable, ...] = (
+    variable(
+        "WS_URL",
+        "ws://localhost:8080/",
+        "server to connect to (ws:// or wss://)",
+        Kind(lambda text: str(parse_ws_url(text)), "an absolute ws:// or wss:// URL"),
+        "url",
+        scope=CLIENT,
+        flag="--url",
+    ),
+    variable(
+        "ORIGIN",
+        "",
+        "Origin header to send; empty = scheme://host[:port] of WS_URL",
+        Kind(_origin_or_empty, "scheme://host[:port]"),
+        scope=CLIENT,
+        flag="--origin",
+    ),
+    variable(
+        "RECONNECT_INTERVAL",
+        "5000",
+        "ms before the first reconnection attempt; doubles after each failure",
+        duration(),
+        scope=CLIENT,
+    ),
+    variable(
+        "RECONNECT_MAX_INTERVAL",
+        "30000",
+        "ms, cap of the reconnection back-off (at least RECONNECT_INTERVAL)",
+        duration(),
+        scope=CLIENT,
+    ),
+    variable(
+        "MESSAGE_INTERVAL",
+        "1000",
+        "ms between messages",
+        duration(),
+        scope=CLIENT,
+        flag="--interval",
+    ),
+    variable(
+        "MESSAGE_COUNT",
+        "0",
+        "stop after this many messages were echoed; 0 = run until stopped",
+        integer(0, MAX_MESSAGE_COUNT),
+        scope=CLIENT,
+        flag="--count",
+    ),
+    variable(
+        "CLIENT_HEARTBEAT_INTERVAL",
+        "10000",
+        "ms of silence before the client pings; no pong within half of it: reconnect",
+        duration(),
+        "heartbeat_interval",
+        scope=CLIENT,
+    ),
+    _SHARED["LOG_LEVEL"],
+    _SHARED["LOG_FORMAT"],
+    variable(
+        "TLS_CA_FILE",
+        "",
+        "PEM file of the CAs that wss:// servers are verified against; empty = system store",
+        Kind(parse_ca_file, "a PEM file of CA certificates"),
+        "ca_file",
+        scope=CLIENT,
+    ),
+)
+ALL_VARIABLES: tuple[Variable, ...] = SERVER_VARIABLES + tuple(
+    v for v in CLIENT_VARIABLES if v.name not in _SHARED
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 
 MASK = b"[masked]"
 # Paths with a handler of their own; another method on them is 405, not an echo.
-RESERVED_PATHS = frozenset({"/", "/healthz", "/metrics", "/page.js", "/page.css"})
+RESERVED_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/page.js", "/page.css"})
 _AUTH_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
 _COOKIE = re.compile(rb"^\s*([^=;\s]+)\s*=")
 

@@ -15,6 +15,8 @@ class Refusal(Enum):
     ORIGIN = "origin"
     LIMIT = "limit"
     PER_IP_LIMIT = "per_ip_limit"
+    DUPLICATE_ORIGIN = "duplicate_origin"  # more than one Origin header: 400
+    DRAINING = "draining"  # not a limit: the server is shutting down (echo.readiness)
 
 
 class ConnectionLimiter:

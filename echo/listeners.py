@@ -313,11 +313,16 @@ async def start(
 
 def log_listening(settings: ServerSettings, host: str, port: int) -> None:
     """The "listening on" line, once per bound address (tests and people read the port),
-    naming the engine (``settings.engine``, resolved by echo.engine.choose)."""
-    shown = f"[{host}]" if ":" in host else host
+    naming the engine (``settings.engine``, resolved by echo.engine.choose).
+
+    Its URL is one a person can open: ``localhost`` for the wildcard addresses
+    (0.0.0.0, ::), which no browser can connect to.
+    """
+    everywhere = host in ("0.0.0.0", "::")
+    shown = "localhost" if everywhere else f"[{host}]" if ":" in host else host
     http, ws = ("https", "wss") if settings.tls else ("http", "ws")
     log.info(
-        "listening on %s://%s:%d/ (WebSocket %s://%s:%d/, %s engine)",
+        "listening on %s://%s:%d/ (WebSocket %s://%s:%d/, %s engine)%s",
         http,
         shown,
         port,
@@ -325,10 +330,32 @@ def log_listening(settings: ServerSettings, host: str, port: int) -> None:
         shown,
         port,
         settings.engine,
+        f"; all interfaces ({host})" if everywhere else "",
         extra=event(
             "listening",
             url=f"{http}://{shown}:{port}/",
             tls=settings.tls,
+            address=host,
             engine=settings.engine,
         ),
+    )
+
+
+def announce(settings: ServerSettings, addresses: list[tuple[str, int]]) -> None:
+    """Once listening: the settings line, then a "listening on" line per address.
+
+    Not before: a server that cannot listen says only that, in one line.
+    """
+    log_settings(settings)
+    for host, port in addresses:
+        log_listening(settings, host, port)
+
+
+def log_settings(settings: ServerSettings, omit: tuple[str, ...] = ()) -> None:
+    """One line with every setting in effect (secrets hidden; file names, not contents)."""
+    pairs = [(name, value) for name, value in settings.effective() if name not in omit]
+    log.info(
+        "settings %s",
+        " ".join(f"{name}={value}" for name, value in pairs),
+        extra=event("settings", **dict(pairs)),
     )

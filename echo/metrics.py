@@ -160,8 +160,9 @@ class Metrics(Collector):
         )
         refused = CounterMetricFamily(
             "echo_handshakes_refused",
-            "Handshakes refused (origin 403, limit 503, per_ip_limit 429) or cut off "
-            "before a complete request (handshake_timeout)",
+            "Handshakes refused (origin 403, limit 503, per_ip_limit 429, duplicate_origin 400, "
+            "draining 503) "
+            "or cut off before a complete request (handshake_timeout)",
             labels=["reason"],
         )
         for reason, count in self.refused.items():

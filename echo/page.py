@@ -6,6 +6,10 @@ policy admits only this server's own resources; ``connect-src`` admits this serv
 ('self' covers ws:// and wss:// to it) plus, when the page is asked for with
 ``?url=ws://host:port/``, that one other server, so the console can be pointed
 elsewhere without opening the page to every host.
+
+Under ``adev runserver`` the page also admits adev's live-reload script and socket,
+at the very origin adev appends to the page (its ``--aux-port``, whatever it is), and
+no other: see :class:`LiveReloadPage`.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import Payload, hdrs, web
 from yarl import URL
 
 ASSETS = {
@@ -25,6 +30,10 @@ ASSETS = {
 _WS_TO_HTTP = {"ws": "http", "wss": "https"}
 # CSP host-sources cannot express IPv6 literals; a name or IPv4 address is required.
 _CSP_HOST = re.compile(r"^[A-Za-z0-9.-]+$")
+# The tag adev's live reload appends to HTML responses (aiohttp-devtools' serve.py).
+_LIVE_RELOAD_TAG = re.compile(
+    rb'<script src="http://([A-Za-z0-9.-]+:[0-9]{1,5})/livereload\.js"></script>\s*$'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,7 @@ class PageOptions:
     script_sources: tuple[str, ...] = ()
     connect_sources: tuple[str, ...] = ()
     reread: bool = False
+    live_reload: bool = False  # admit the live-reload origin adev appends (LiveReloadPage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +60,10 @@ class Page:
 
     def index(self, request: web.Request) -> web.Response:
         """The HTML page, with a policy that also admits the server named by ``?url=``."""
-        return self._response("index.html", self.policy(request.query.get("url")))
+        target = request.query.get("url")
+        if self.options.live_reload:
+            return LiveReloadPage(self, target, self._response("index.html", self.policy(target)))
+        return self._response("index.html", self.policy(target))
 
     async def serve_script(self, _request: web.Request) -> web.Response:
         return self._response("page.js")
@@ -70,10 +83,13 @@ class Page:
             body=self.asset(name), content_type=ASSETS[name], charset="utf-8", headers=headers
         )
 
-    def policy(self, target: str | None = None) -> str:
-        """The Content-Security-Policy of the page."""
+    def policy(self, target: str | None = None, live_reload: str | None = None) -> str:
+        """The Content-Security-Policy of the page; ``live_reload`` is adev's ``host:port``."""
         scripts = ["'self'", *self.options.script_sources]
         connect = ["'self'", *_target_sources(target), *self.options.connect_sources]
+        if live_reload is not None:
+            scripts.append(f"http://{live_reload}")
+            connect.append(f"ws://{live_reload}")
         return "; ".join(
             [
                 "default-src 'none'",
@@ -103,16 +119,36 @@ def _target_sources(target: str | None) -> list[str]:
     return [f"{url.scheme}://{host}:{url.port}", f"{http_scheme}://{host}:{url.port}"]
 
 
-def development_options(aux_port: int) -> PageOptions:
-    """For ``adev runserver``: re-read edited files, admit its live-reload script and socket.
+class LiveReloadPage(web.Response):
+    """The HTML page under ``adev runserver``, whose policy follows adev's live reload.
 
-    adev serves both on ``aux_port`` under the host name the browser used, hence ``*``.
+    adev appends ``<script src="http://HOST:AUX_PORT/livereload.js">`` to HTML responses
+    while they are prepared (HOST from the request's Host header, AUX_PORT its
+    ``--aux-port``, PORT+1 by default); that script then opens ``ws://HOST:AUX_PORT``.
+    Neither is known when the app is built, so the page admits exactly the origin it
+    sees appended to its body, and nothing when there is none.
     """
-    return PageOptions(
-        script_sources=(f"http://*:{aux_port}",),
-        connect_sources=(f"ws://*:{aux_port}",),
-        reread=True,
-    )
+
+    def __init__(self, page: Page, target: str | None, template: web.Response) -> None:
+        self._page, self._target = page, target
+        super().__init__(body=template.body, headers=template.headers)
+
+    @property
+    def body(self) -> bytes | bytearray | Payload | None:
+        return web.Response.body.fget(self)  # type: ignore[attr-defined, no-any-return]
+
+    @body.setter
+    def body(self, body: Any) -> None:
+        web.Response.body.fset(self, body)  # type: ignore[attr-defined]
+        match = _LIVE_RELOAD_TAG.search(body) if isinstance(body, bytes) else None
+        if match is not None and hasattr(self, "_page"):
+            origin = match[1].decode("ascii")
+            self.headers["Content-Security-Policy"] = self._page.policy(self._target, origin)
+
+
+def development_options() -> PageOptions:
+    """For ``adev runserver``: re-read edited files, admit its live reload (LiveReloadPage)."""
+    return PageOptions(reread=True, live_reload=True)
 
 
 PAGE_KEY = web.AppKey("echo_page", Page)

@@ -9,7 +9,6 @@ engine says it is over.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import logging
@@ -21,7 +20,16 @@ from dataclasses import replace
 
 from aiohttp import hdrs, web
 
-from echo.config import ConfigError, ServerSettings, load_environment
+from echo import admission
+from echo.admission import OriginPolicy
+from echo.cli import command_line
+from echo.config import (
+    SERVER_VARIABLES,
+    ConfigError,
+    ServerSettings,
+    env_file_warnings,
+    load_environment,
+)
 from echo.engine import (
     ENGINE_KEY,
     Connection,
@@ -35,13 +43,14 @@ from echo.engine import (
 from echo.eventloop import loop_factory
 from echo.httpecho import add_http_echo
 from echo.limits import ConnectionLimiter, Refusal
-from echo.listeners import EVENTS_KEY, ListenError, log_listening, start
+from echo.listeners import EVENTS_KEY, ListenError, announce, start
 from echo.logs import clip, configure_logging, event
 from echo.metrics import HANDSHAKE_TIMEOUT, Metrics, add_metrics
-from echo.origins import Origin, own_origin, parse_origin
-from echo.page import PAGE_KEY, PageOptions, add_page, development_options
+from echo.origins import Origin, own_origin
+from echo.page import PAGE_KEY, PageOptions, add_page
 from echo.protocol import ABNORMAL_CLOSURE, GOING_AWAY
 from echo.proxies import TrustedProxies
+from echo.readiness import READINESS_KEY, Readiness
 from echo.text import preview
 
 log = logging.getLogger("echo.server")
@@ -53,7 +62,10 @@ _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
     Refusal.ORIGIN: (403, "origin not allowed"),
     Refusal.LIMIT: (503, "too many connections"),
     Refusal.PER_IP_LIMIT: (429, "too many connections from your address"),
+    Refusal.DUPLICATE_ORIGIN: (400, "bad request"),
+    Refusal.DRAINING: (503, SHUTDOWN_MESSAGE.decode()),
 }
+_LIMIT_DETAIL = {Refusal.LIMIT: "MAX_CONNECTIONS", Refusal.PER_IP_LIMIT: "MAX_CONNECTIONS_PER_IP"}
 
 
 def asks_for_websocket(request: web.BaseRequest) -> bool:
@@ -78,6 +90,8 @@ class EchoServer:
         # Workers share one log: their connection ids carry the process id (w1234-c1).
         self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.origins = OriginPolicy(settings)
+        self.readiness = Readiness()
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
             if settings.metrics
@@ -99,9 +113,15 @@ class EchoServer:
         """
         if not asks_for_websocket(request):
             return request.app[PAGE_KEY].index(request)
-        origin = request.headers.get(hdrs.ORIGIN)
-        if not self.origin_allowed(origin, request):
-            return self.refuse(request, Refusal.ORIGIN, origin)
+        origins = request.headers.getall(hdrs.ORIGIN, ())
+        origin = origins[0] if origins else None
+        if len(origins) > 1:
+            return self.refuse(request, Refusal.DUPLICATE_ORIGIN, origin, admission.DUPLICATE)
+        why = self.origins.refusal(origin, lambda: self._page_origin(request))
+        if why is not None:
+            return self.refuse(request, Refusal.ORIGIN, origin, why)
+        if self.readiness.draining:
+            return self.refuse(request, Refusal.DRAINING, origin, "the server is shutting down")
         if request.body_exists:
             # No body has a meaning on a WebSocket handshake (a GET), and the bytes after
             # it could be neither HTTP nor frames (echo.framing).
@@ -109,7 +129,7 @@ class EchoServer:
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
-            return self.refuse(request, refusal, origin)
+            return self.refuse(request, refusal, origin, _LIMIT_DETAIL[refusal] + " reached")
         conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote, origin=origin)
         try:
             return await self.engine.accept(request, conn, self)
@@ -118,19 +138,19 @@ class EchoServer:
                 self.limiter.release(remote)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "connections": self.limiter.open,
-                "max_connections": self.settings.max_connections,
-                "uptime_seconds": round(time.monotonic() - self.started, 3),
-                # With WORKERS > 1 every figure above is this process's own.
-                "pid": os.getpid(),
-                "workers": self.settings.workers,
-                "engine": self.engine.name,
-            },
-            headers={hdrs.CACHE_CONTROL: "no-store"},
-        )
+        health: dict[str, object] = {
+            "status": "ok",
+            "connections": self.limiter.open,
+            "max_connections": self.settings.max_connections,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            # With WORKERS > 1 every figure above is this process's own.
+            "pid": os.getpid(),
+            "workers": self.settings.workers,
+            "engine": self.engine.name,
+        }
+        if self.settings.instance_name:
+            health["instance"] = self.settings.instance_name
+        return web.json_response(health, headers={hdrs.CACHE_CONTROL: "no-store"})
 
     # -- admission --------------------------------------------------------------------
 
@@ -141,18 +161,6 @@ class EchoServer:
         forwarded = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
         return self.proxies.client_address(request.remote, forwarded) or "unknown"
 
-    def origin_allowed(self, origin: str | None, request: web.Request) -> bool:
-        """Apply ALLOWED_ORIGINS, ALLOW_MISSING_ORIGIN and the same-origin rule."""
-        if origin is None:
-            return self.settings.allow_missing_origin
-        if self.settings.any_origin:
-            return True
-        try:
-            parsed = parse_origin(origin)
-        except ValueError:
-            return False
-        return parsed in self.settings.allowed_origins or parsed == self._page_origin(request)
-
     def _page_origin(self, request: web.Request) -> Origin | None:
         """This server's own origin as the client sees it (behind a trusted proxy too)."""
         host = request.headers.get(hdrs.HOST)
@@ -161,20 +169,28 @@ class EchoServer:
         forwarded = request.headers.getall(hdrs.X_FORWARDED_PROTO, [])
         return own_origin(self.proxies.scheme(request.remote, request.scheme, forwarded), host)
 
-    def refuse(self, request: web.Request, reason: Refusal, origin: str | None) -> web.Response:
+    def refuse(
+        self, request: web.Request, reason: Refusal, origin: str | None, detail: str
+    ) -> web.Response:
+        """The refusal's response, whose body says why (``detail``: our words, no peer bytes)."""
         status, text = _REFUSAL_STATUS[reason]
         if self.metrics is not None:
             self.metrics.refusal(reason.value)
         remote = self.client_address(request)
         log.info(
-            "refused remote=%s origin=%s reason=%s",
+            "refused remote=%s origin=%s reason=%s (%s)",
             remote,
             "-" if origin is None else preview(origin),
             reason.value,
-            extra=event("refused", remote=remote, origin=clip(origin), reason=reason.value),
+            detail,
+            extra=event(
+                "refused", remote=remote, origin=clip(origin), reason=reason.value, detail=detail
+            ),
         )
-        headers = {} if reason is Refusal.ORIGIN else {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
-        return web.Response(status=status, text=text + "\n", headers=headers)
+        retry = reason in _LIMIT_DETAIL or reason is Refusal.DRAINING
+        headers = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)} if retry else {}
+        body = f"{text}: {detail}\n" if status in (400, 403) else text + "\n"
+        return web.Response(status=status, text=body, headers=headers)
 
     # -- what the engines report (echo.engine.App, echo.listeners.ListenerEvents) -------
 
@@ -261,6 +277,7 @@ class EchoServer:
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
+        self.readiness.draining = True  # not ready from here on, drained or not
         if not self.connections:
             return
         count = len(self.connections)
@@ -281,22 +298,28 @@ class EchoServer:
 
 
 SERVER_KEY = web.AppKey("echo_server", EchoServer)
+SERVER_SOFTWARE = "echo"  # the Server header of every response: no versions
 
 
-async def _upgrade_answers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: what answers to upgrade requests carry, on any engine.
+async def response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: what every response carries, on any engine.
 
-    A 101 carries only the handshake's headers: no Server header naming the Python and
-    aiohttp versions, no Date (optional on 1xx, RFC 9110 6.6.1). A request that asked
-    for a WebSocket and was answered otherwise ends its connection: what the client
-    sent after it may be frames, never HTTP (echo.framing).
+    No Python or aiohttp version in ``Server`` (aiohttp sets ``Python/3.x aiohttp/3.y``
+    unless the header is there when the response is prepared, which is when this runs).
+    A 101 carries only the handshake's headers: no Server, no Date (optional on 1xx,
+    RFC 9110 6.6.1); the fast engine adds neither, the plain one's are taken off here.
+    A request that asked for a WebSocket and was answered otherwise ends its
+    connection: what the client sent after it may be frames, never HTTP (echo.framing).
     """
+    headers = response.headers
     if response.status == 101:
-        response.headers.popall(hdrs.SERVER, None)
-        response.headers.popall(hdrs.DATE, None)
-    elif asks_for_websocket(request):
+        headers.popall(hdrs.SERVER, None)
+        headers.popall(hdrs.DATE, None)
+        return
+    headers[hdrs.SERVER] = SERVER_SOFTWARE
+    if asks_for_websocket(request):
         response.force_close()
-        response.headers[hdrs.CONNECTION] = "close"
+        headers[hdrs.CONNECTION] = "close"
 
 
 def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web.Application:
@@ -311,26 +334,25 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app[SERVER_KEY] = server
     app[ENGINE_KEY] = engine
     app[EVENTS_KEY] = server
+    app[READINESS_KEY] = server.readiness
     app.router.add_get("/", server.root)
     add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/readyz", server.readiness.readyz)
     if server.metrics is not None:
         add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
     engine.install(app)
-    app.on_response_prepare.append(_upgrade_answers)
     app.on_shutdown.append(server.shutdown)
+    app.on_response_prepare.append(response_headers)
     return app
 
 
 def dev_app() -> web.Application:
-    """App factory for ``adev runserver``: the same settings as ``echo-server``, on the
-    plain engine (aiohttp's own runner and sites serve it)."""
-    # adev runs this one process (echo.dev says WORKERS is ignored); /healthz says so too.
-    settings = replace(ServerSettings.from_env(load_environment()), workers=1, engine="plain")
-    configure_logging(settings.log_level, settings.log_format)
-    # adev injects its live-reload script, served with its WebSocket on PORT + 1.
-    return create_app(settings, development_options(settings.port + 1))
+    """The development app (echo.dev.app_factory), under its former name."""
+    from echo.dev import app_factory  # echo.dev imports this module
+
+    return app_factory()
 
 
 def resolve_engine(settings: ServerSettings) -> ServerSettings:
@@ -340,7 +362,8 @@ def resolve_engine(settings: ServerSettings) -> ServerSettings:
 
 
 async def serve_until_signal(settings: ServerSettings) -> None:
-    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully:
+    drain for DRAIN_DELAY (a second signal cuts it short), then close (echo.readiness)."""
     app = create_app(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -348,29 +371,37 @@ async def serve_until_signal(settings: ServerSettings) -> None:
         loop.add_signal_handler(signum, stop.set)
     runner, listeners = await start(app, settings)
     try:
-        for address in listeners.addresses:
-            log_listening(settings, address[0], address[1])
+        announce(settings, [(address[0], address[1]) for address in listeners.addresses])
         await stop.wait()
         log.info("signal received, shutting down", extra=event("signal"))
+        stop.clear()
+        await app[SERVER_KEY].readiness.drain(settings.drain_delay, cut_short=stop)
         listeners.close()
     finally:
         await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script ``echo-server``."""
-    parser = argparse.ArgumentParser(
-        prog="echo-server",
-        description="Secure WebSocket echo server. Configured by environment variables "
-        "and a .env file in the working directory; see README.md or .env.example.",
-    )
-    parser.parse_args(argv)
+    """Console script ``echo-server``: serve until a signal; ``--check-config`` only checks.
+
+    Exit status 2 for bad settings (one line on stderr), 1 when it cannot listen.
+    """
+    args = command_line("echo-server", SERVER_HELP, SERVER_VARIABLES).parse_args(argv)
+    warnings = env_file_warnings()
     try:
         settings = ServerSettings.from_env(load_environment())
     except ConfigError as error:
         print(f"echo-server: {error}", file=sys.stderr)
         sys.exit(2)
+    if args.check_config:
+        for warning in warnings:
+            print(f"echo-server: warning: {warning}", file=sys.stderr)
+        for name, value in settings.effective():
+            print(f"{name}={value}")
+        return
     configure_logging(settings.log_level, settings.log_format)
+    for warning in warnings:
+        log.warning("%s", warning, extra=event("config_warning", warning=warning))
     try:
         settings = resolve_engine(settings)
     except EngineUnavailable as error:
@@ -387,6 +418,12 @@ def main(argv: list[str] | None = None) -> None:
     except ListenError as error:
         print(f"echo-server: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+SERVER_HELP = """Secure WebSocket echo server: every message sent to ws://HOST:PORT/ comes
+back unchanged. It also serves a browser console at http://HOST:PORT/, /healthz and
+/metrics. Configured by environment variables, also read from a .env file in the working
+directory (the environment wins). Durations are in milliseconds."""
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ from gunicorn.workers.base import Worker
 
 from echo.config import ServerSettings
 from echo.eventloop import loop_factory
-from echo.listeners import BACKLOG, ListenError, log_listening, start
+from echo.listeners import BACKLOG, ListenError, announce, start
 from echo.logs import event
+from echo.readiness import READINESS_KEY
 
 AppFactory = Callable[[ServerSettings], web.Application]
 
@@ -110,10 +111,12 @@ class EchoWorker(Worker):  # type: ignore[misc]
 
     ``run`` serves on an event loop of its own (uvloop where installed) until gunicorn
     says stop (``alive``), ticking gunicorn's liveness check once a second; a stop
-    signal that came while the worker booted is acted on (see ``init_signals``).
+    signal that came while the worker booted is acted on (see ``init_signals``), and
+    SIGTERM drains (DRAIN_DELAY) before the shutdown.
     """
 
     exit_code = 0
+    quick_stop = False  # SIGINT or SIGQUIT: gunicorn allows two seconds, no drain
 
     def init_process(self) -> None:
         factory = loop_factory()
@@ -160,6 +163,10 @@ class EchoWorker(Worker):  # type: ignore[misc]
                 else:
                     await self._tick()
         finally:
+            # SIGTERM drains first (the master has closed its copy of the listening
+            # sockets, this worker still accepts on its own); a quick stop does not.
+            if not self.quick_stop:
+                await app[READINESS_KEY].drain(settings.drain_delay)
             listeners.close()
             await runner.cleanup()
 
@@ -230,8 +237,10 @@ class EchoWorker(Worker):  # type: ignore[misc]
         self._wake_up()
 
     def handle_quit(self, sig: int, frame: Any) -> None:
-        """SIGINT or SIGQUIT (gunicorn's quick stop): the same graceful stop here."""
+        """SIGINT or SIGQUIT (gunicorn's quick stop): the same graceful stop here, without
+        the drain."""
         self._log_signal()
+        self.quick_stop = True
         self.alive = False
         self.cfg.worker_int(self)
         self._wake_up()
@@ -303,9 +312,7 @@ def gunicorn_config(settings: ServerSettings, binds: list[str]) -> dict[str, Any
 
 def _when_ready(settings: ServerSettings) -> Callable[[Any], None]:
     def when_ready(arbiter: Any) -> None:
-        for listener in arbiter.LISTENERS:
-            host, port = listener.sock.getsockname()[:2]
-            log_listening(settings, host, port)
+        announce(settings, [listener.sock.getsockname()[:2] for listener in arbiter.LISTENERS])
         log.info(
             "master pid=%d starting %d workers",
             os.getpid(),

@@ -7,8 +7,10 @@ benchmark and the conformance runner) and are re-exported here.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +46,7 @@ SERVER_VARIABLES = [
     "PORT",
     "ALLOWED_ORIGINS",
     "ALLOW_MISSING_ORIGIN",
+    "ALLOWED_HOSTS",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_IP",
     "MAX_MESSAGE_SIZE",
@@ -57,6 +60,8 @@ SERVER_VARIABLES = [
     "METRICS",
     "WORKERS",
     "ENGINE",
+    "DRAIN_DELAY",
+    "INSTANCE_NAME",
 ]
 # Only together, and naming files: their rules are tested in tests/test_tls.py.
 TLS_SERVER_VARIABLES = ["TLS_CERT_FILE", "TLS_KEY_FILE"]
@@ -175,3 +180,30 @@ def inject_fault(monkeypatch: Any) -> None:
         return real(data)
 
     monkeypatch.setattr(protocol, "is_utf8", faulty)
+
+
+async def raw_handshake(port: int, headers: list[tuple[str, str]]) -> tuple[int, bytes, bytes]:
+    """Status, head and body of an upgrade request with exactly ``headers`` (and the key)."""
+    lines = [
+        "GET / HTTP/1.1",
+        *(f"{name}: {value}" for name, value in headers),
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status = int(head.split(b" ", 2)[1])
+        body = b""
+        if status != 101:
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            assert length is not None, head
+            body = await asyncio.wait_for(reader.readexactly(int(length[1])), 5)
+        return status, head, body
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()

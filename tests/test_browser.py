@@ -7,7 +7,14 @@ takes about a second); each test gets a fresh context, so pages share no state.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -16,7 +23,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
 
-from tests.support import ServerProcess, wait_until
+from tests.support import ServerProcess, clean_env, free_port, wait_until
 from tests.tls_support import make_pki, start_tls_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -29,7 +36,8 @@ CHROMIUM_ARGS = [
     # Nothing but loopback: no lookups of Google's update and account hosts.
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
 ]
-REPORTS = Path(__file__).resolve().parent.parent / "reports"
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "reports"
 # The servers' default origin list, which never names the loopback ports used here:
 # the page is admitted by the same-origin rule alone.
 DEFAULT_ORIGINS = {"ALLOWED_ORIGINS": "http://localhost:3000", "ALLOW_MISSING_ORIGIN": "false"}
@@ -210,3 +218,104 @@ async def test_page_over_https_connects_with_wss(
         await context.close()
     # Admitted by the same-origin rule, with the https origin of the page.
     assert f"origin='{origin}'" in server.log()
+
+
+async def test_console_keeps_its_header_in_view(
+    browser: Browser, server_process: StartServer
+) -> None:
+    """A growing log scrolls itself, never the page: the title stays where it was."""
+    server = server_process(**DEFAULT_ORIGINS)
+    context = await browser.new_context(viewport={"width": 800, "height": 600})
+    try:
+        page = await context.new_page()
+        await open_console(page, server.http + "/")
+        await expect(page.get_by_role("status")).to_have_text("open")
+        message = page.get_by_role("textbox", name="Message", exact=True)
+        received = page.get_by_role("log").locator("li.received")
+        for n in range(40):
+            await message.fill(f"line {n}")
+            await page.get_by_role("button", name="Send", exact=True).click()
+        await expect(received).to_have_count(40)
+        assert await page.evaluate("window.scrollY") == 0
+        await expect(page.get_by_role("heading", name="echo", exact=True)).to_be_in_viewport()
+        # The log itself follows its newest entry.
+        at_end = "(l) => l.scrollHeight - l.scrollTop - l.clientHeight < 8"
+        assert await page.get_by_role("log").evaluate(at_end)
+        assert await page.get_by_role("log").evaluate("(l) => l.scrollHeight > l.clientHeight")
+    finally:
+        await context.close()
+
+
+def documented_adev_command() -> list[str]:
+    """The ``adev runserver ...`` command exactly as README.md gives it."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"^(?:\.venv/bin/)?adev runserver [^\n#]*", readme, re.MULTILINE)
+    assert match is not None, "README.md documents no adev runserver command"
+    words = shlex.split(match[0])
+    return [str(Path(sys.executable).with_name("adev")), *words[1:]]
+
+
+async def test_adev_runserver_as_documented_serves_the_page_with_live_reload(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """With adev's own --port and --aux-port: the page's policy admits that live reload."""
+    port, aux_port = free_port(), free_port()
+    command = [*documented_adev_command(), "--port", str(port), "--aux-port", str(aux_port)]
+    log_path = tmp_path / "adev.log"
+    adev = start_process(command, log_path, clean_env(ALLOWED_ORIGINS="http://localhost:3000"))
+    context = await browser.new_context()
+    try:
+        await wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        styles: list[str] = []
+        page.on("request", lambda r: styles.append(r.url) if "page.css" in r.url else None)
+        await open_console(page, f"http://127.0.0.1:{port}/")
+        await expect(page.get_by_role("status")).to_have_text("open")
+        live = f"127.0.0.1:{aux_port}"
+        await wait_until(lambda: f"ws://{live}/livereload" in sockets, timeout=10)
+        assert await page.evaluate("typeof window.LiveReload") == "object"
+        # A change in the page's folder restyles the open page through adev's socket.
+        os.utime(ROOT / "echo" / "page" / "page.css")
+        await wait_until(lambda: any("livereload=" in url for url in styles), timeout=15)
+        assert problems == [], problems
+    finally:
+        await context.close()
+        stop_group(adev)
+    assert "Content-Security-Policy" not in log_path.read_text(errors="replace")
+
+
+def start_process(
+    command: list[str], log_path: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """``command`` in the repository, in a session of its own (its children included)."""
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT to ``proc`` (adev stops the app process it started), then nothing left."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False

@@ -113,10 +113,10 @@ def test_client_json_log(server_process: ServerStarter, tmp_path: Path) -> None:
 
 def test_text_format_is_the_default_and_unchanged(server_process: ServerStarter) -> None:
     server = server_process()
-    line = server.log().splitlines()[0]
-    assert re.match(
-        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO echo\.server: listening on http://", line
-    ), line
+    settings, listening = server.log().splitlines()[:2]
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO echo\.server: "
+    assert re.match(stamp + "settings HOST=127.0.0.1 PORT=", settings), settings
+    assert re.match(stamp + "listening on http://", listening), listening
 
 
 def test_formatter_puts_records_without_an_event_under_log() -> None:

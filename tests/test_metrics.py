@@ -23,7 +23,14 @@ from tests.wsraw import OP_BINARY, OP_CLOSE, OP_TEXT, RawWebSocket, close_payloa
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-ZERO_REFUSALS = {"origin": 0, "limit": 0, "per_ip_limit": 0, "handshake_timeout": 0}
+ZERO_REFUSALS = {
+    "origin": 0,
+    "limit": 0,
+    "per_ip_limit": 0,
+    "duplicate_origin": 0,
+    "draining": 0,
+    "handshake_timeout": 0,
+}
 INVALID_UTF8 = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"
 
 

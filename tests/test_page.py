@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp_devtools.runserver.config import Config
+from aiohttp_devtools.runserver.serve import modify_main_app
 
+import echo.dev
 from echo.listeners import runner_options
 from echo.page import development_options
 from echo.server import create_app
@@ -89,11 +95,44 @@ async def test_url_parameter_that_is_not_a_plain_ws_url_adds_nothing(
     assert policy["script-src"] == "'self'"
 
 
-async def test_development_app_admits_live_reload(aiohttp_server: ServerFactory) -> None:
-    settings = TEST_SETTINGS
-    app = create_app(settings, development_options(8081))
-    server: TestServer = await aiohttp_server(app, **runner_options(settings))
+def adev_app(aux_port: int) -> web.Application:
+    """The development app as ``adev runserver --aux-port AUX_PORT`` modifies it."""
+    app = create_app(TEST_SETTINGS, development_options())
+    config = Config(app_path=str(Path(echo.dev.__file__)), main_port=8080, aux_port=aux_port)
+    modify_main_app(app, config)  # adev's own code: appends its live-reload tag to HTML
+    return app
+
+
+async def test_development_page_admits_the_live_reload_adev_appends(
+    aiohttp_server: ServerFactory,
+) -> None:
+    server: TestServer = await aiohttp_server(adev_app(43210), **runner_options(TEST_SETTINGS))
+    reply, body = await get(server, "/")
+    assert b'<script src="http://127.0.0.1:43210/livereload.js"></script>' in body
+    policy = directives(reply.headers["Content-Security-Policy"])
+    assert policy["script-src"] == "'self' http://127.0.0.1:43210"
+    assert policy["connect-src"] == "'self' ws://127.0.0.1:43210"
+    reply, _ = await get(server, "/page.js")  # not HTML: nothing appended, no policy
+    assert "Content-Security-Policy" not in reply.headers
+
+
+async def test_development_page_without_live_reload_admits_nothing_more(
+    aiohttp_server: ServerFactory,
+) -> None:
+    app = create_app(TEST_SETTINGS, development_options())  # adev absent: nothing appended
+    server: TestServer = await aiohttp_server(app, **runner_options(TEST_SETTINGS))
     reply, _ = await get(server, "/")
     policy = directives(reply.headers["Content-Security-Policy"])
-    assert policy["script-src"] == "'self' http://*:8081"
-    assert policy["connect-src"] == "'self' ws://*:8081"
+    assert (policy["script-src"], policy["connect-src"]) == ("'self'", "'self'")
+
+
+async def test_development_page_ignores_a_hostile_host_in_the_appended_tag(
+    aiohttp_server: ServerFactory,
+) -> None:
+    server: TestServer = await aiohttp_server(adev_app(43210), **runner_options(TEST_SETTINGS))
+    async with aiohttp.ClientSession() as session:
+        headers = {"Host": "x; script-src *"}  # adev copies the Host into its tag
+        async with session.get(server.make_url("/"), headers=headers) as reply:
+            policy = directives(reply.headers["Content-Security-Policy"])
+    assert policy["script-src"] == "'self'"
+    assert policy["connect-src"] == "'self'"

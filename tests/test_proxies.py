@@ -79,7 +79,7 @@ def test_trusted_proxies_setting() -> None:
     settings = ServerSettings.from_env({"TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.0/8 ,::1 "})
     assert [str(n) for n in settings.trusted_proxies] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]
     assert ServerSettings.from_env({}).trusted_proxies == ()
-    with pytest.raises(ConfigError, match=r"TRUSTED_PROXIES='10\.0\.0\.0/33'"):
+    with pytest.raises(ConfigError, match=r"TRUSTED_PROXIES entry '10\.0\.0\.0/33' \(1 of 1\)"):
         ServerSettings.from_env({"TRUSTED_PROXIES": "10.0.0.0/33"})
 
 
@@ -88,8 +88,8 @@ def test_bad_trusted_proxies_exit_2(tmp_path: Path) -> None:
     result = run_server_briefly(env, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "echo-server: invalid TRUSTED_PROXIES='127.0.0.1,nginx': "
-        "expected a comma-separated list of IP addresses or CIDR networks"
+        "echo-server: invalid TRUSTED_PROXIES entry 'nginx' (2 of 2): "
+        "expected an IP address or CIDR network"
     )
 
 

@@ -83,9 +83,12 @@ function addEntry(kind, summary, body, extra) {
     note.textContent = extra;
     item.append(" ", note);
   }
+  // Follow new entries only when the log was scrolled to its end, and scroll the log
+  // alone: scrollIntoView would scroll the page too, and the header out of view.
+  const following = ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 8;
   ui.log.append(item);
   while (ui.log.childElementCount > LOG_LIMIT) ui.log.firstElementChild.remove();
-  item.scrollIntoView({ block: "nearest" });
+  if (following) ui.log.scrollTop = ui.log.scrollHeight;
 }
 
 function hex(bytes) {

@@ -41,7 +41,7 @@ values = st.one_of(
 
 def check_one_line(error: ConfigError, name: str) -> None:
     line = str(error)
-    assert line.startswith(f"invalid {name}="), line
+    assert line.startswith((f"invalid {name}=", f"invalid {name} entry ")), line
     assert line.isprintable(), repr(line)
     assert len(line) < 300, len(line)
 
@@ -97,6 +97,8 @@ def test_hostile_value_exits_2_with_one_line(tmp_path: Path, name: str, value: s
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"echo-server: invalid {name}=")
+    assert lines[0].startswith(
+        (f"echo-server: invalid {name}=", f"echo-server: invalid {name} entry ")
+    )
     assert lines[0].isprintable()
     assert result.stdout == ""
