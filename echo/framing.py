@@ -35,9 +35,9 @@ read):
 
 - a frame without the mask bit stops the stream right before it (:attr:`violation`),
   so nothing from it on reaches aiohttp;
-- a data frame that would take its message past ``limit`` bytes (MAX_MESSAGE_SIZE; for
-  a compressed message, past what DEFLATE can expand that many bytes to) stops it too,
-  at its header (:attr:`too_big`; the engine then fails the connection with 1009).
+- a data frame that declares more than ``limit`` payload bytes (MAX_MESSAGE_SIZE; for
+  a compressed one, more than DEFLATE can expand that many bytes to) stops it too, at
+  its header (:attr:`too_big`; the engine then fails the connection with 1009).
   aiohttp 3.14.0-3.14.3 refuse an oversized frame only once it is complete, buffering
   whatever it declared meanwhile; this bound holds on every release.
 
@@ -71,12 +71,10 @@ class StreamTracker:
 
     __slots__ = (
         "_chunked",
-        "_compressed",
         "_head",
         "_left",
         "_lengths",
         "_line",
-        "_message",
         "_method",
         "_skip",
         "_upgrade",
@@ -104,8 +102,6 @@ class StreamTracker:
         self._left = 0  # body, chunk or CRLF bytes still to skip
         self._skip = 0  # frames: bytes of the current frame (mask, payload) still to come
         self._head = b""  # frames: the start of a frame header cut by the end of a chunk
-        self._message = 0  # frames: payload bytes the current data message declared so far
-        self._compressed = False  # frames: the current message has RSV1 (compressed)
         self._new_head()
 
     def _new_head(self) -> None:
@@ -137,8 +133,8 @@ class StreamTracker:
         phase = self.phase
         if phase == FRAMES:
             if self.holding:
-                return self._held_back(self._frames(data, 0))
-            return self._frames(data, 0)
+                return self._held_back(self.frames(data, 0))
+            return self.frames(data, 0)
         if phase == LOST:
             return data
         if phase == STOPPED:
@@ -167,7 +163,7 @@ class StreamTracker:
                         self.phase = _CHUNK_SIZE
                 continue
             if phase == FRAMES:  # the frames begin here
-                frames = self._frames(data[pos:], 0)
+                frames = self.frames(data[pos:], 0)
                 if self.holding:
                     self._held_back(frames)
                     return [data[:pos]]
@@ -286,62 +282,72 @@ class StreamTracker:
 
     # -- WebSocket frames ----------------------------------------------------------------
 
-    def _frames(self, data: bytes, start: int) -> bytes | list[bytes]:
+    def frames(self, data: bytes, start: int = 0) -> bytes | list[bytes]:
         """Walk the frame headers in ``data`` from ``start`` (``data[:start]`` is HTTP,
-        passed on). The common case (whole headers, nothing dropped) returns ``data``
-        after a few operations per frame: this runs for every chunk a WebSocket gets."""
+        passed on); what :meth:`feed` does once the frames have begun, called by the
+        gate directly then. The common case (whole headers, nothing stopped) returns
+        ``data`` after a few operations per frame, in locals: it runs for every chunk a
+        WebSocket receives."""
+        self.seen = True
         size = len(data)
         pos = start + self._skip
         out: list[bytes] | None = None  # once a held-back header passes
         keep = 0  # data[keep:pos] is the run being passed on
-        head = self._head
-        limit = self.limit
+        if self._head:  # a header begun in the last chunk: complete it from this one
+            head = self._head
+            view = head + data[start : start + 14]
+            header = _header_size(view)
+            if header < 0 or header > len(view):
+                return self._hold(data, view, None, 0, start)
+            length = _payload_size(view, header)
+            if not view[1] & 0x80 or self._over(view[0], length):
+                self.phase = STOPPED
+                return [data[:start]]
+            out = [data[:start], head]  # the held-back start of a frame that passes
+            keep = start
+            pos = start + header - len(head) + 4 + length
+            self._head = b""
         while pos < size:
-            if head:  # a header begun in the last chunk, held back
-                view = head + data[pos : pos + 14]
-                at = 0
-            else:
-                view = data
-                at = pos
-            if at + 2 > len(view):
-                return self._hold(data, view[at:], out, keep, pos)
-            first = view[at]
-            second = view[at + 1]
-            if not second & 0x80:
+            if pos + 2 > size:
+                return self._hold(data, data[pos:], out, keep, pos)
+            second = data[pos + 1]
+            if second < 0x80:  # no mask bit
                 self.phase = STOPPED
                 return [*(out or ()), data[keep:pos]]
             length = second & 0x7F
-            header = 2 if length < 126 else 4 if length == 126 else 10
-            if at + header > len(view):
-                return self._hold(data, view[at:], out, keep, pos)
-            if length >= 126:
-                length = int.from_bytes(view[at + 2 : at + header], "big")
-            end = pos + header - len(head) + 4 + length  # where the frame ends in data
-            if first & 0x0F < 8 and limit:  # a data frame: its message's size so far
-                if first & 0x0F:  # not a continuation: a new message
-                    self._message = 0
-                    self._compressed = bool(first & 0x40)
-                self._message += length
-                # DEFLATE adds at most 5 bytes per 16 KiB stored block, and a little more.
-                allowed = limit + (limit >> 12) + 1024 if self._compressed else limit
-                if self._message > allowed:
-                    self.too_big = True
-                    self.phase = STOPPED
-                    return [*(out or ()), data[keep:pos]]
-                if first & 0x80:
-                    self._message = 0
-            if head:  # the held-back start of a frame that passes: now it may go
-                if out is None:
-                    out = []
-                out += (data[keep:pos], head)
-                keep = pos
-                head = self._head = b""
-            pos = end
+            if length < 126:  # a short frame: 125 bytes at most, nothing to bound
+                pos += 6 + length
+                continue
+            header = 4 if length == 126 else 10
+            if pos + header > size:
+                return self._hold(data, data[pos:], out, keep, pos)
+            length = int.from_bytes(data[pos + 2 : pos + header], "big")
+            if self._over(data[pos], length):
+                self.phase = STOPPED
+                return [*(out or ()), data[keep:pos]]
+            pos += header + 4 + length
         self._skip = pos - size if pos > size else 0
         if out is None:
             return data
         out.append(data[keep:])
         return out
+
+    def _over(self, first: int, length: int) -> bool:
+        """Whether a frame whose header starts with ``first`` and declares ``length``
+        payload bytes is past the limit (then :attr:`too_big`). A data frame's payload
+        may not exceed it; a compressed one's (RSV1, or any continuation) by what
+        DEFLATE can add: 5 bytes per 16 KiB stored block, and a little more. The sum of
+        a fragmented message is aiohttp's to check (after each fragment, at the latest);
+        this bounds what one frame makes it buffer."""
+        limit = self.limit
+        if not limit or first & 0x08:  # no limit, or a control frame (aiohttp: 125 B)
+            return False
+        if first & 0x40 or not first & 0x07:
+            limit += (limit >> 12) + 1024
+        if length > limit:
+            self.too_big = True
+            return True
+        return False
 
     def _hold(
         self, data: bytes, cut: bytes, out: list[bytes] | None, keep: int, pos: int
@@ -350,3 +356,16 @@ class StreamTracker:
         self._head = cut
         self._skip = 0
         return [*(out or ()), data[keep:pos]]
+
+
+def _header_size(view: bytes) -> int:
+    """The size of the frame header at the start of ``view`` (-1: too short to say)."""
+    if len(view) < 2:
+        return -1
+    length = view[1] & 0x7F
+    return 2 if length < 126 else 4 if length == 126 else 10
+
+
+def _payload_size(view: bytes, header: int) -> int:
+    length = view[1] & 0x7F
+    return length if header == 2 else int.from_bytes(view[2:header], "big")

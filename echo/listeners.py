@@ -45,7 +45,7 @@ from aiohttp import web
 
 from echo.config import ServerSettings
 from echo.engine import ENGINE_KEY
-from echo.framing import STOPPED, StreamTracker
+from echo.framing import FRAMES, STOPPED, StreamTracker
 from echo.logs import event
 from echo.tls import server_context
 
@@ -147,7 +147,10 @@ class Gate(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         tracker = self.tracker
-        passed = tracker.feed(data)
+        if tracker.phase == FRAMES and not tracker.holding:  # upgraded: the hot path
+            passed = tracker.frames(data)
+        else:
+            passed = tracker.feed(data)
         if self._timer is not None and tracker.requests:
             self._timer.cancel()
             self._timer = None

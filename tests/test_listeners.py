@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,17 @@ import aiohttp.base_protocol
 import aiohttp.tcp_helpers
 import pytest
 
-from echo.server import SERVER_KEY
-from tests.support import ServerFactory, ServerProcess, wait_until
+from echo.engine import ENGINE_KEY
+from echo.listeners import listen, runner_options
+from echo.metrics import METRICS_KEY
+from echo.server import SERVER_KEY, create_app
+from tests.support import (
+    TEST_SETTINGS,
+    ServerFactory,
+    ServerProcess,
+    engine_under_test,
+    wait_until,
+)
 from tests.tls_support import Pki, ServerStarter, make_pki, start_tls_server
 from tests.wsraw import OP_CLOSE, OP_TEXT, RawWebSocket, close_payload, encode_frame
 
@@ -140,6 +150,36 @@ async def test_keep_alive_requests_before_the_upgrade_are_followed(
         async with session.ws_connect(server.make_url("/")) as ws:
             await ws.send_str("after keep-alive")
             assert (await ws.receive(timeout=5)).data == "after keep-alive"
+
+
+async def test_the_handshake_deadline_is_the_gates_whatever_aiohttp_arms(
+    start_app: ServerFactory,
+) -> None:
+    """aiohttp 3.14.4-3.14.5 arm their keep-alive timer at accept, 3.14.0-3.14.3 and 3.15
+    do not: with aiohttp's timer pushed out of the way, a dripped upgrade is still cut
+    off at HANDSHAKE_TIMEOUT, and counted once."""
+    settings = replace(TEST_SETTINGS, engine=engine_under_test(), handshake_timeout=0.4)
+    app = create_app(settings)
+    options = {**runner_options(settings), "keepalive_timeout": 60.0}
+    runner = app[ENGINE_KEY].runner(app, **options)
+    await runner.setup()
+    listeners = await listen(runner, settings, app[SERVER_KEY])
+    port = listeners.addresses[0][1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        request = RawWebSocket.upgrade_request("127.0.0.1", port)
+        writer.write(request[:20])  # and nothing more
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        took = time.monotonic() - started
+        writer.close()
+        await writer.wait_closed()
+        assert 0.3 < took < 2.0, took
+        refused = app[METRICS_KEY].refused
+        assert refused["handshake_timeout"] == 1
+    finally:
+        listeners.close()
+        await runner.cleanup()
 
 
 # -- TLS -----------------------------------------------------------------------------
