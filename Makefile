@@ -68,7 +68,7 @@ test-oldest: ## the plain engine's suites on the oldest aiohttp and gunicorn all
 soak: install ## the reliability suite at its long scale (see docs/testing.md)
 	SOAK=1 $(BIN)/python -m pytest -m soak
 
-compliance: install ## the Autobahn TestSuite (517 cases) against the real server
+compliance: install ## the Autobahn TestSuite (517 cases) against the real server, fast and plain engine at once
 	$(BIN)/python -m compliance
 
 lint: install ## ruff and mypy, both clean

@@ -412,7 +412,128 @@ async def run_handshakes(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-RUNNERS = {"echo": run_echo, "idle": run_idle, "handshake": run_handshakes}
+class Hog(asyncio.Protocol):
+    """A peer streaming 125-byte frames as fast as the server reads them and reading
+    every reply: what one greedy connection may cost the others. Replies are counted
+    by their bytes (each is 127: a 2-byte header and the payload), not parsed, so the
+    hog costs its load generator little."""
+
+    REPLY = 127
+
+    def __init__(self, port: int, opcode: int) -> None:
+        self.port = port
+        self.batch = client_frame(opcode, b"x" * 125) * 1000
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray()
+        self.upgraded = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.received = 0
+        self.paused = False
+        self.running = True
+
+    @property
+    def replies(self) -> int:
+        return self.received // self.REPLY
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        transport.write(upgrade_request(self.port))  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.running = False
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"connection lost before upgrade: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            self.received += len(data)
+            return
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        if not self.head.lower().startswith(b"http/1.1 101"):
+            self.ready.set_exception(ConnectionError(f"bad upgrade: {self.head[:40]!r}"))
+            self.stop()
+            return
+        self.received = len(self.head) - end - 4
+        self.upgraded = True
+        self.ready.set_result(None)
+        self.pump()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    def pump(self) -> None:
+        """Write until the transport pushes back (a few batches per loop turn)."""
+        transport = self.transport
+        if not self.running or transport is None or transport.is_closing():
+            return
+        for _ in range(8):
+            if self.paused:
+                return
+            transport.write(self.batch)
+        asyncio.get_running_loop().call_soon(self.pump)
+
+    def stop(self) -> None:
+        self.running = False
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def run_fairness(p: dict[str, Any]) -> dict[str, Any]:
+    """One bystander echoing 32 B, one message in flight, while a :class:`Hog` streams
+    125-byte text messages (``kind`` text) or pings (``kind`` ping) and reads every
+    reply: the bystander's round trips say how long the hog holds the server's loop."""
+    stats = Stats()
+    port = p["port"]
+    bystander = await connect(port, stats, make_plan("text", 32), 1)
+    loop = asyncio.get_running_loop()
+    opcode = OP_PING if p["kind"] == "ping" else OP_TEXT
+    _transport, hog = await loop.create_connection(lambda: Hog(port, opcode), "127.0.0.1", port)
+    try:
+        await asyncio.wait_for(asyncio.shield(hog.ready), CONNECT_TIMEOUT)
+        bystander.start()
+        await asyncio.sleep(p["warmup"])
+        pid = p["server_pid"]
+        cpu0, t0, hog0 = server_cpu_seconds(pid), time.perf_counter(), hog.replies
+        stats.measuring = True
+        await asyncio.sleep(p["duration"])
+        stats.measuring = False
+        cpu1, t1, hog1 = server_cpu_seconds(pid), time.perf_counter(), hog.replies
+        # An echo still awaited at the end has waited at least this long (a starved
+        # bystander may see none come back in the window).
+        waiting = [t1 - bystander.sent_at[0]] if bystander.sent_at else []
+        if not hog.running:
+            stats.error("the hog's connection ended during the run")
+    finally:
+        hog.stop()
+    await shut([bystander], stats)
+    p50, p99 = percentiles(stats.rtts)
+    n = stats.messages
+    return {
+        "rtt_max_ms": max(stats.rtts + waiting) * 1000 if stats.rtts or waiting else None,
+        "rtt_p99_us": None if p99 is None else p99 * 1e6,
+        "rtt_p50_us": None if p50 is None else p50 * 1e6,
+        "hog_msgs_per_s": (hog1 - hog0) / (t1 - t0),
+        "hog_per_bystander": (hog1 - hog0) / max(n, 1),
+        "server_cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+        "messages": n,
+        "errors": stats.errors,
+        "first_error": stats.first_error,
+    }
+
+
+RUNNERS = {
+    "echo": run_echo,
+    "idle": run_idle,
+    "handshake": run_handshakes,
+    "fairness": run_fairness,
+}
 
 
 def main() -> None:

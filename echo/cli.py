@@ -28,13 +28,25 @@ def version() -> str:
 
 
 def command_line(
-    prog: str, description: str, variables: Sequence[Variable], *, check_config: bool = True
+    prog: str,
+    description: str,
+    variables: Sequence[Variable],
+    *,
+    check_config: bool = True,
+    notes: str = "",
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
 ) -> argparse.ArgumentParser:
-    """A parser with ``--version``, optionally ``--check-config``, and the variables listed."""
-    parser = argparse.ArgumentParser(
+    """A parser with ``--version``, optionally ``--check-config``, and the variables listed.
+
+    ``notes`` (preformatted: examples, exit statuses) come before the variables;
+    ``parser_class`` lets a script report usage errors its own way.
+    """
+    parser = parser_class(
         prog=prog,
         description=textwrap.fill(" ".join(description.split()), WIDTH),
-        epilog="environment variables (name=default):\n" + help_listing(variables, WIDTH),
+        epilog=(notes.rstrip() + "\n\n" if notes else "")
+        + "environment variables (name=default):\n"
+        + help_listing(variables, WIDTH),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{prog} {version()}")

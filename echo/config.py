@@ -18,7 +18,7 @@ import ipaddress
 import os
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -425,6 +425,28 @@ def read_ca_file(r: Reader) -> str:
     return path
 
 
+# -- the client ------------------------------------------------------------------------
+
+MAX_CLIENT_CONNECTIONS = 10_000  # load mode; each connection is a descriptor here
+MAX_RATE = 1_000_000  # load mode, messages per second in all
+MAX_IN_FLIGHT = 100  # messages sent and not yet echoed, per connection
+MAX_ATTEMPTS = 1_000_000
+PROXY_SCHEMES = ("http", "socks5", "socks5h")
+# Handshake headers aiohttp writes itself, and what to use instead of -H for them.
+_OWN_HEADERS = {
+    "host": "the URL",
+    "upgrade": "nothing (set by the client)",
+    "connection": "nothing (set by the client)",
+    "sec-websocket-key": "nothing (set by the client)",
+    "sec-websocket-version": "nothing (set by the client)",
+    "sec-websocket-protocol": "--subprotocol",
+    "sec-websocket-extensions": "--no-compression to offer none",
+    "origin": "--origin",
+}
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+_FIELD_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")  # no control characters
+
+
 def parse_ws_url(text: str) -> URL:
     """An absolute ``ws://`` or ``wss://`` URL with a host (path and query allowed)."""
     url = URL(text)
@@ -449,7 +471,7 @@ CLIENT_VARIABLES: tuple[Variable, ...] = (
     variable(
         "WS_URL",
         "ws://localhost:8080/",
-        "server to connect to (ws:// or wss://)",
+        "server to connect to (ws:// or wss://); unset: ws://localhost:PORT/",
         Kind(lambda text: str(parse_ws_url(text)), "an absolute ws:// or wss:// URL"),
         "url",
         scope=CLIENT,
@@ -458,7 +480,7 @@ CLIENT_VARIABLES: tuple[Variable, ...] = (
     variable(
         "ORIGIN",
         "",
-        "Origin header to send; empty = scheme://host[:port] of WS_URL",
+        "Origin header to send; empty = none (the client is not a browser)",
         Kind(_origin_or_empty, "scheme://host[:port]"),
         scope=CLIENT,
         flag="--origin",
@@ -476,6 +498,15 @@ CLIENT_VARIABLES: tuple[Variable, ...] = (
         "ms, cap of the reconnection back-off (at least RECONNECT_INTERVAL)",
         duration(),
         scope=CLIENT,
+    ),
+    variable(
+        "RECONNECT_MAX_ATTEMPTS",
+        "0",
+        "give up (exit 1) after this many failed attempts in a row; 0 = never",
+        integer(0, MAX_ATTEMPTS),
+        "max_attempts",
+        scope=CLIENT,
+        flag="--max-attempts",
     ),
     variable(
         "MESSAGE_INTERVAL",
@@ -517,16 +548,107 @@ ALL_VARIABLES: tuple[Variable, ...] = SERVER_VARIABLES + tuple(
 )
 
 
+def parse_header(text: str) -> tuple[str, str]:
+    """``NAME:VALUE`` (spaces around VALUE dropped): a token and a value without controls."""
+    name, colon, value = text.partition(":")
+    if not colon or not _TOKEN.match(name):
+        raise ValueError(text)
+    value = value.strip(" \t")
+    if not _FIELD_VALUE.match(value):
+        raise ValueError(text)
+    return name, value
+
+
+def parse_proxy(text: str) -> str:
+    """``http://``, ``socks5://`` or ``socks5h://`` with a host and a port (user:password
+    allowed, nothing after the port)."""
+    url = URL(text)
+    if (
+        url.scheme not in PROXY_SCHEMES
+        or not url.host
+        or url.explicit_port is None
+        or url.path not in ("", "/")
+        or url.query_string
+        or url.fragment
+    ):
+        raise ValueError(text)
+    return str(url)
+
+
+def redact_proxy(text: str) -> str:
+    """A proxy URL fit for logs and error lines: the password replaced by ``***``."""
+    try:
+        url = URL(text)
+    except ValueError:
+        return "(unparsable)"
+    return str(url.with_password("***")) if url.password else text
+
+
+def read_client_cert(reader: Reader, cert_name: str, key_name: str) -> tuple[str, str]:
+    """``--cert`` (PEM certificate, the key may be in the same file) and ``--key``."""
+    cert = reader.raw(cert_name, "")
+    key = reader.raw(key_name, "")
+    if key and not cert:
+        raise ConfigError(cert_name, cert, f"a PEM certificate file, since {key_name} is set")
+    if not cert:
+        return "", ""
+    for name, path, what in ((cert_name, cert, "certificate"), (key_name, key, "key")):
+        if not path:
+            continue
+        problem = _unreadable(path)
+        if problem is not None:
+            raise ConfigError(name, path, f"a readable PEM {what} file ({problem})")
+    try:
+        server_context(cert, key or cert)  # the same load_cert_chain a client context does
+    except EncryptedKeyError:
+        raise ConfigError(
+            key_name if key else cert_name, key or cert, "an unencrypted key"
+        ) from None
+    except (ssl.SSLError, OSError) as error:
+        reason = getattr(error, "reason", None) or str(error)
+        if key:
+            raise ConfigError(
+                key_name, key, f"the PEM private key of {cert_name} ({reason})"
+            ) from None
+        raise ConfigError(
+            cert_name, cert, f"a PEM certificate with its key, or {key_name} ({reason})"
+        ) from None
+    return cert, key
+
+
+@dataclass(frozen=True, slots=True)
+class PipeOptions:
+    """``--pipe``: each line of stdin is one message."""
+
+    encoding: str = "text"  # text, raw (binary frames of the line's bytes), base64, hex
+    wait: float = 5.0  # after the end of input, how long to wait for the answers
+
+    @property
+    def binary(self) -> bool:
+        return self.encoding != "text"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """``--connections N``: N checked connections at once against one URL."""
+
+    connections: int
+    rate: int | None = None  # messages per second in all, spread over the connections
+    in_flight: int | None = None  # per connection: keep this many unanswered, no pause
+
+
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
     """Everything the echo client needs to know, already validated (durations in seconds).
 
-    ``size`` None means the original app's payload: a random number as text. An empty
-    ``origin`` is filled in from ``url``.
+    ``size`` None means the original app's payload: a random number as text. ``origin``
+    None sends no Origin header (the client is not a browser). At most one of
+    ``interactive``, ``pipe``, ``load`` and ``probe_idle`` is set; none is the default
+    mode, a stream of generated messages with every echo checked.
     """
 
     url: str = "ws://localhost:8080/"
-    origin: str = ""
+    origin: str | None = None
     reconnect_interval: float = 5.0
     reconnect_max_interval: float = 30.0
     message_interval: float = 1.0
@@ -537,10 +659,37 @@ class ClientSettings:
     log_level: str = "info"
     ca_file: str = ""
     log_format: str = "text"
+    max_attempts: int = 0  # failed attempts in a row before giving up; 0 = never
+    duration: float | None = None  # stop producing after this long
+    # Connection options, on every mode.
+    headers: tuple[tuple[str, str], ...] = ()
+    subprotocols: tuple[str, ...] = ()
+    proxy: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    insecure: bool = False
+    compression: bool = True
+    show_handshake: bool = False
+    follow_redirects: bool = False
+    json: bool = False  # events as JSON lines on stdout
+    # Modes.
+    interactive: bool = False
+    pipe: PipeOptions | None = None
+    load: LoadOptions | None = None
+    probe_idle: float | None = None  # the longest idle to probe, in seconds
 
-    def __post_init__(self) -> None:
-        if not self.origin:
-            object.__setattr__(self, "origin", url_origin(URL(self.url)))
+    @property
+    def mode(self) -> str:
+        """``stream`` (the default), ``interactive``, ``pipe``, ``load`` or ``probe``."""
+        if self.interactive:
+            return "interactive"
+        if self.pipe is not None:
+            return "pipe"
+        if self.load is not None:
+            return "load"
+        if self.probe_idle is not None:
+            return "probe"
+        return "stream"
 
     @property
     def healthy_after(self) -> float:
@@ -549,28 +698,33 @@ class ClientSettings:
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str], flags: Mapping[str, str] | None = None
+        cls, env: Mapping[str, str], flags: Mapping[str, str | Sequence[str]] | None = None
     ) -> ClientSettings:
-        """Read the environment, with command-line ``flags`` (keyed ``--url`` etc.) winning.
+        """Read the environment, with command-line ``flags`` winning.
 
-        A bad value is reported under the name the user typed: the flag if it came from
-        the command line, the variable otherwise.
+        ``flags`` maps a flag as typed (``--url``, ``--count``...) to its raw value, or
+        to the list of values of a repeatable flag (``--header``, ``--subprotocol``);
+        switches are present with ``"true"``. A bad value is reported under the name the
+        user typed: the flag if it came from the command line, the variable otherwise.
         """
-        flags = flags or {}
+        single = {k: v for k, v in (flags or {}).items() if isinstance(v, str)}
+        lists = {k: tuple(v) for k, v in (flags or {}).items() if not isinstance(v, str)}
+        flag_reader = Reader(single)
+        env_reader = Reader(env)
 
         def source(variable: str, flag: str | None = None) -> tuple[Reader, str]:
-            if flag is not None and flag in flags:
-                return Reader(flags), flag
-            return Reader(env), variable
+            if flag is not None and flag in single:
+                return flag_reader, flag
+            return env_reader, variable
 
-        url_expected = "an absolute ws:// or wss:// URL"
-        reader, name = source("WS_URL", "--url")
-        url = reader.custom(name, "ws://localhost:8080/", parse_ws_url, url_expected)
+        def switch(flag: str) -> bool:
+            return flag_reader.boolean(flag, False)
+
+        url = _read_url(env_reader, flag_reader, single)
         reader, name = source("ORIGIN", "--origin")
-        origin = reader.custom(
-            name, url_origin(url), lambda t: str(parse_origin(t)), "scheme://host[:port]"
-        )
-        env_reader = Reader(env)
+        origin = None
+        if reader.raw(name, ""):
+            origin = reader.custom(name, "", lambda t: str(parse_origin(t)), "scheme://host[:port]")
         first = env_reader.duration("RECONNECT_INTERVAL", 5_000)
         cap_text = env_reader.raw("RECONNECT_MAX_INTERVAL", "30000")
         cap = env_reader.duration("RECONNECT_MAX_INTERVAL", 30_000)
@@ -580,14 +734,32 @@ class ClientSettings:
                 cap_text,
                 f"a duration of at least RECONNECT_INTERVAL ({round(first * 1000)} ms)",
             )
+        reader, name = source("RECONNECT_MAX_ATTEMPTS", "--max-attempts")
+        max_attempts = reader.integer(name, 0, 0, MAX_ATTEMPTS)
         reader, name = source("MESSAGE_INTERVAL", "--interval")
         interval = reader.duration(name, 1_000)
         reader, name = source("MESSAGE_COUNT", "--count")
         count = reader.integer(name, 0, 0, MAX_MESSAGE_COUNT)
         size = None
-        if "--size" in flags:
-            size = Reader(flags).integer("--size", 0, 1, MAX_CLIENT_MESSAGE_SIZE)
-        return cls(
+        if "--size" in single:
+            size = flag_reader.integer("--size", 0, 1, MAX_CLIENT_MESSAGE_SIZE)
+        duration = None
+        if "--duration" in single:
+            duration = flag_reader.duration("--duration", 0)
+        cert, key = read_client_cert(flag_reader, "--cert", "--key")
+        mode_flags = [
+            flag
+            for flag in ("--interactive", "--pipe", "--connections", "--probe-idle")
+            if flag in single and single[flag] != "false"
+        ]
+        if len(mode_flags) > 1:
+            raise ConfigError(
+                mode_flags[1],
+                single[mode_flags[1]],
+                f"one mode at a time, not with {mode_flags[0]}",
+            )
+        mode = mode_flags[0] if mode_flags else ""
+        settings = cls(
             url=str(url),
             origin=origin,
             reconnect_interval=first,
@@ -596,8 +768,136 @@ class ClientSettings:
             message_count=count,
             heartbeat_interval=env_reader.duration("CLIENT_HEARTBEAT_INTERVAL", 10_000),
             size=size,
-            binary=Reader(flags).boolean("--binary", False),
+            binary=switch("--binary"),
             log_level=env_reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             ca_file=read_ca_file(env_reader),
             log_format=env_reader.choice("LOG_FORMAT", "text", LOG_FORMATS),
+            max_attempts=max_attempts,
+            duration=duration,
+            headers=tuple(_read_header(text) for text in lists.get("--header", ())),
+            subprotocols=tuple(
+                Reader({"--subprotocol": text}).custom(
+                    "--subprotocol", "", _parse_token, "a token (letters, digits, !#$%&'*+.^_`|~-)"
+                )
+                for text in lists.get("--subprotocol", ())
+            ),
+            proxy=_read_proxy(flag_reader),
+            cert_file=cert,
+            key_file=key,
+            insecure=switch("--insecure"),
+            compression=not switch("--no-compression"),
+            show_handshake=switch("--show-handshake"),
+            follow_redirects=switch("--follow-redirects"),
+            json=switch("--json"),
+            interactive=mode == "--interactive",
+            pipe=_read_pipe(flag_reader) if mode == "--pipe" else None,
+            load=_read_load(flag_reader) if mode == "--connections" else None,
+            probe_idle=(
+                flag_reader.duration("--probe-idle", 0) if mode == "--probe-idle" else None
+            ),
         )
+        _check_combinations(settings, single)
+        return settings
+
+
+def _read_url(env_reader: Reader, flag_reader: Reader, flags: Mapping[str, str]) -> URL:
+    """``--url`` (or the positional URL), else WS_URL, else ws://localhost:PORT/."""
+    expected = "an absolute ws:// or wss:// URL"
+    if "--url" in flags:
+        return flag_reader.custom("--url", "", parse_ws_url, expected)
+    if env_reader.raw("WS_URL", ""):
+        return env_reader.custom("WS_URL", "", parse_ws_url, expected)
+    port = env_reader.integer(
+        "PORT", 8080, 1, 65535, "a port from 1 to 65535 for the default WS_URL (or set WS_URL)"
+    )
+    return URL(f"ws://localhost:{port}/")
+
+
+def _parse_token(text: str) -> str:
+    if not _TOKEN.match(text):
+        raise ValueError(text)
+    return text
+
+
+def _read_header(text: str) -> tuple[str, str]:
+    """One ``-H NAME:VALUE``; an error line shows the name only (values may be secrets)."""
+    name = text.partition(":")[0]
+    try:
+        header = parse_header(text)
+    except ValueError:
+        raise ConfigError(
+            "--header", f"{name}:...", "NAME:VALUE, NAME a token and VALUE without controls"
+        ) from None
+    instead = _OWN_HEADERS.get(header[0].lower())
+    if instead is not None:
+        raise ConfigError("--header", f"{name}:...", f"another header; for {name} use {instead}")
+    return header
+
+
+def _read_proxy(reader: Reader) -> str:
+    text = reader.raw("--proxy", "")
+    if not text:
+        return ""
+    try:
+        return parse_proxy(text)
+    except ValueError:
+        raise ConfigError(
+            "--proxy",
+            redact_proxy(text),
+            "http://host:port, socks5://host:port or socks5h://host:port (user:password@ allowed)",
+        ) from None
+
+
+def _read_pipe(reader: Reader) -> PipeOptions:
+    base64, hexadecimal = reader.boolean("--base64", False), reader.boolean("--hex", False)
+    if base64 and hexadecimal:
+        raise ConfigError("--hex", "true", "one of --base64 and --hex, not both")
+    binary = reader.boolean("--binary", False)
+    encoding = "base64" if base64 else "hex" if hexadecimal else "raw" if binary else "text"
+    return PipeOptions(encoding=encoding, wait=reader.duration("--wait", 5_000, low_ms=0))
+
+
+def _read_load(reader: Reader) -> LoadOptions:
+    connections = reader.integer("--connections", 1, 1, MAX_CLIENT_CONNECTIONS)
+    rate = in_flight = None
+    if "--rate" in reader.env:
+        rate = reader.integer("--rate", 1, 1, MAX_RATE, f"messages per second, 1 to {MAX_RATE}")
+    if "--in-flight" in reader.env:
+        if rate is not None:
+            raise ConfigError("--in-flight", reader.raw("--in-flight", ""), "no --rate with it")
+        in_flight = reader.integer("--in-flight", 1, 1, MAX_IN_FLIGHT)
+    return LoadOptions(connections=connections, rate=rate, in_flight=in_flight)
+
+
+# Flags that only some modes read: a flag given to another mode is a mistake.
+_MODE_FLAGS = {
+    "--count": ("stream", "load"),
+    "--interval": ("stream", "load"),
+    "--size": ("stream", "load"),
+    "--duration": ("stream", "load"),
+    "--binary": ("stream", "load", "pipe"),
+    "--rate": ("load",),
+    "--in-flight": ("load",),
+    "--base64": ("pipe",),
+    "--hex": ("pipe",),
+    "--wait": ("pipe",),
+}
+
+
+def _check_combinations(settings: ClientSettings, flags: Mapping[str, str]) -> None:
+    mode = settings.mode
+    for flag, modes in _MODE_FLAGS.items():
+        if flag in flags and flags[flag] != "false" and mode not in modes:
+            wanted = " or ".join(_MODE_NAMES[m] for m in modes)
+            raise ConfigError(flag, flags[flag], f"only in {wanted}")
+    if settings.json and settings.interactive:
+        raise ConfigError("--json", "true", "not with --interactive (the screen is for a person)")
+    if settings.load is not None and settings.load.rate is not None and "--interval" in flags:
+        raise ConfigError("--interval", flags["--interval"], "no --rate with it")
+
+
+_MODE_NAMES = {
+    "stream": "the default mode",
+    "load": "load mode (--connections)",
+    "pipe": "pipe mode (--pipe)",
+}

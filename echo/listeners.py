@@ -90,6 +90,8 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
     WebSockets, much sooner; setting it cost a system call per connection.
     """
     return {
+        # The HTTP echo shows bodies as received: a gzip body as its gzip bytes.
+        "auto_decompress": False,
         "access_log": None,
         "tcp_keepalive": False,
         "keepalive_timeout": settings.handshake_timeout,

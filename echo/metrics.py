@@ -37,11 +37,14 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from echo.engine import Connection, Traffic
+from echo.httpecho import expect_continue
 from echo.limits import Refusal
 
 HANDSHAKE_TIMEOUT = "handshake_timeout"
 REFUSAL_REASONS = (*(r.value for r in Refusal), HANDSHAKE_TIMEOUT)
 NO_STATUS_CODE = 1005  # RFC 6455 7.1.5: how a close frame without a code is reported
+REGISTERED_CODES = (1000, 1015)  # the close codes RFC 6455 and its IANA registry define
+OTHER_CODE = "other"
 _FIRST_BOUND = 16
 
 
@@ -58,16 +61,20 @@ def size_buckets(max_message_size: int) -> tuple[int, ...]:
 
 
 def code_label(code: int) -> str:
-    """The ``code`` label of a close code.
+    """The ``code`` label of a close code: one of a fixed set of 19 values.
 
-    A peer may send any code from 3000 to 4999 (application-defined); they are
-    reported as ``3xxx`` and ``4xxx`` so a peer cannot create thousands of series.
+    The codes RFC 6455 registers (1000-1015) are reported as themselves; a peer may
+    send any code from 3000 to 4999 (application-defined), reported as ``3xxx`` and
+    ``4xxx``; everything else a peer can put in a close frame (5000-65535, which
+    aiohttp's reader lets through) is ``other``. So no peer can create more series.
     """
     if code == 0:
         return str(NO_STATUS_CODE)
+    if REGISTERED_CODES[0] <= code <= REGISTERED_CODES[1]:
+        return str(code)
     if 3000 <= code <= 4999:
         return f"{code // 1000}xxx"
-    return str(code)
+    return OTHER_CODE
 
 
 _FIELDS = (
@@ -224,4 +231,4 @@ METRICS_KEY = web.AppKey("echo_metrics", Metrics)
 def add_metrics(app: web.Application, metrics: Metrics) -> None:
     """Serve ``GET /metrics`` from ``metrics`` (register before the HTTP echo catch-all)."""
     app[METRICS_KEY] = metrics
-    app.router.add_get("/metrics", metrics.handle)
+    app.router.add_get("/metrics", metrics.handle, expect_handler=expect_continue)

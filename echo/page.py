@@ -22,6 +22,8 @@ from typing import Any
 from aiohttp import Payload, hdrs, web
 from yarl import URL
 
+from echo.httpecho import expect_continue
+
 ASSETS = {
     "index.html": "text/html",
     "page.js": "text/javascript",
@@ -160,6 +162,6 @@ def add_page(app: web.Application, options: PageOptions | None = None) -> Page:
     for name in ASSETS:
         page.asset(name)  # fail at start-up, not on the first request, if a file is missing
     app[PAGE_KEY] = page
-    app.router.add_get("/page.js", page.serve_script)
-    app.router.add_get("/page.css", page.serve_style)
+    app.router.add_get("/page.js", page.serve_script, expect_handler=expect_continue)
+    app.router.add_get("/page.css", page.serve_style, expect_handler=expect_continue)
     return page

@@ -17,12 +17,14 @@ a second source for the host would only be a second thing to spoof.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 FORWARDED_SCHEMES = frozenset({"http", "https"})
+_PLAIN_ADDRESS = re.compile(r"[0-9A-Fa-f.:]{2,45}")
 
 
 def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
@@ -36,17 +38,30 @@ def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
 
 
 def _address(text: str) -> Address | None:
-    """An address from a peer or an X-Forwarded-For entry (``[v6]`` allowed), or None."""
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
+    """The peer's address (as the socket reports it), or None if it is none."""
     try:
-        address = ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def forwarded_address(entry: str) -> Address | None:
+    """An X-Forwarded-For entry as an address, if it is a plain IPv4 or IPv6 address.
+
+    Only hex digits, dots and colons (at most 45 of them, the longest IPv6 text),
+    optionally in brackets: Python's ``ipaddress`` also takes an IPv6 scope id
+    (``fe80::1%<anything>``), which would carry whatever the sender wrote into the log
+    and into the per-address limit key.
+    """
+    text = entry.strip(" \t")
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if _PLAIN_ADDRESS.fullmatch(text) is None:
+        return None
+    return _address(text)
 
 
 class TrustedProxies:
@@ -69,15 +84,16 @@ class TrustedProxies:
         """The client address: ``peer`` unless it is a trusted proxy that forwarded one.
 
         ``forwarded_for`` are the X-Forwarded-For header values in the order received.
-        An entry that is not an IP address ends the walk: the address to its right
-        (the last one a trusted proxy vouched for) is used.
+        An entry that is not a plain IP address (see :func:`forwarded_address`) ends
+        the walk: the address to its right (the last one a trusted proxy vouched for)
+        is used.
         """
         current = self._trusted_peer(peer)
         if current is None:
             return peer
         entries = [entry for value in forwarded_for for entry in value.split(",")]
         for entry in reversed(entries):
-            hop = _address(entry)
+            hop = forwarded_address(entry)
             if hop is None:
                 break
             current = hop

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from aiohttp import hdrs, web
@@ -41,22 +42,25 @@ from echo.engine import (
     choose,
 )
 from echo.eventloop import loop_factory
-from echo.httpecho import add_http_echo
+from echo.handshake import key_valid, without_invalid_offers
+from echo.httpecho import add_http_echo, expect_continue
 from echo.limits import ConnectionLimiter, Refusal
 from echo.listeners import EVENTS_KEY, ListenError, announce, start
-from echo.logs import clip, configure_logging, event
+from echo.logs import clip, configure_logging, event, install_filters
 from echo.metrics import HANDSHAKE_TIMEOUT, Metrics, add_metrics
 from echo.origins import Origin, own_origin
 from echo.page import PAGE_KEY, PageOptions, add_page
 from echo.protocol import ABNORMAL_CLOSURE, GOING_AWAY
 from echo.proxies import TrustedProxies
 from echo.readiness import READINESS_KEY, Readiness
+from echo.refusals import RefusalLog
 from echo.text import preview
 
 log = logging.getLogger("echo.server")
 
 RETRY_AFTER_SECONDS = 1
 SHUTDOWN_MESSAGE = b"server shutting down"
+BAD_HANDSHAKE = "invalid WebSocket handshake\n"
 
 _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
     Refusal.ORIGIN: (403, "origin not allowed"),
@@ -91,6 +95,7 @@ class EchoServer:
         self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.origins = OriginPolicy(settings)
+        self.refusals = RefusalLog(log)  # one line each up to a budget per second, then counts
         self.readiness = Readiness()
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
@@ -111,8 +116,8 @@ class EchoServer:
         Admission, then the engine upgrades and serves the connection (the fast
         engine returns once it is detached, the plain one once it is over).
         """
-        if not asks_for_websocket(request):
-            return request.app[PAGE_KEY].index(request)
+        if not asks_for_websocket(request) or request.method != hdrs.METH_GET:
+            return request.app[PAGE_KEY].index(request)  # HEAD never upgrades
         origins = request.headers.getall(hdrs.ORIGIN, ())
         origin = origins[0] if origins else None
         if len(origins) > 1:
@@ -122,10 +127,13 @@ class EchoServer:
             return self.refuse(request, Refusal.ORIGIN, origin, why)
         if self.readiness.draining:
             return self.refuse(request, Refusal.DRAINING, origin, "the server is shutting down")
+        if not key_valid(request.headers.get(hdrs.SEC_WEBSOCKET_KEY)):
+            raise web.HTTPBadRequest(text=BAD_HANDSHAKE)  # before aiohttp trips on it
         if request.body_exists:
             # No body has a meaning on a WebSocket handshake (a GET), and the bytes after
             # it could be neither HTTP nor frames (echo.framing).
             raise web.HTTPBadRequest(text="a WebSocket upgrade request has no body\n")
+        request = without_invalid_offers(request)
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
@@ -133,6 +141,9 @@ class EchoServer:
         conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote, origin=origin)
         try:
             return await self.engine.accept(request, conn, self)
+        except web.HTTPBadRequest:
+            # aiohttp's text quotes the offending header (Sec-WebSocket-Key, -Version...).
+            raise web.HTTPBadRequest(text=BAD_HANDSHAKE) from None
         finally:
             if not conn.upgraded:  # the upgrade failed: ended() will not give it back
                 self.limiter.release(remote)
@@ -176,17 +187,7 @@ class EchoServer:
         status, text = _REFUSAL_STATUS[reason]
         if self.metrics is not None:
             self.metrics.refusal(reason.value)
-        remote = self.client_address(request)
-        log.info(
-            "refused remote=%s origin=%s reason=%s (%s)",
-            remote,
-            "-" if origin is None else preview(origin),
-            reason.value,
-            detail,
-            extra=event(
-                "refused", remote=remote, origin=clip(origin), reason=reason.value, detail=detail
-            ),
-        )
+        self.refusals.refused(self.client_address(request), origin, reason.value, detail)
         retry = reason in _LIMIT_DETAIL or reason is Refusal.DRAINING
         headers = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)} if retry else {}
         body = f"{text}: {detail}\n" if status in (400, 403) else text + "\n"
@@ -275,6 +276,11 @@ class EchoServer:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    async def logging_refusals(self, _app: web.Application) -> AsyncIterator[None]:
+        """Cleanup context: at the end, the refusals counted but not yet logged are."""
+        yield
+        self.refusals.flush()
+
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
         self.readiness.draining = True  # not ready from here on, drained or not
@@ -289,8 +295,8 @@ class EchoServer:
         _done, pending = await asyncio.wait(closers, timeout=self.settings.shutdown_timeout)
         for task in pending:
             task.cancel()
-        if pending:
-            log.warning(
+        if pending:  # the peers' doing (they did not answer), so not a warning
+            log.info(
                 "shutdown: %d connection(s) did not close in time",
                 len(pending),
                 extra=event("shutdown_timeout", unclosed=len(pending)),
@@ -328,6 +334,7 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     ``page`` says how the browser console at ``GET /`` is served (see echo.page). The
     engine is ENGINE's (echo.engine.choose; ``auto`` warns here if it falls back).
     """
+    install_filters()  # nothing a peer does is logged above info, whoever set up logging
     engine = build(choose(settings.engine, warn=log.warning), settings)
     server = EchoServer(settings, engine)
     app = web.Application(client_max_size=settings.max_message_size)
@@ -335,14 +342,15 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
     app[ENGINE_KEY] = engine
     app[EVENTS_KEY] = server
     app[READINESS_KEY] = server.readiness
-    app.router.add_get("/", server.root)
+    app.router.add_get("/", server.root, expect_handler=expect_continue)
     add_page(app, page)
-    app.router.add_get("/healthz", server.healthz)
-    app.router.add_get("/readyz", server.readiness.readyz)
+    app.router.add_get("/healthz", server.healthz, expect_handler=expect_continue)
+    app.router.add_get("/readyz", server.readiness.readyz, expect_handler=expect_continue)
     if server.metrics is not None:
         add_metrics(app, server.metrics)
     add_http_echo(app, settings.max_message_size, settings.handshake_timeout)  # keep it last
     engine.install(app)
+    app.cleanup_ctx.append(server.logging_refusals)
     app.on_shutdown.append(server.shutdown)
     app.on_response_prepare.append(response_headers)
     return app

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -18,12 +19,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from echo.config import ClientSettings
 from tests.support import clean_env
 
 SUMMARY = re.compile(
-    r"^summary sent=(?P<sent>\d+) echoed=(?P<echoed>\d+) resent=(?P<resent>\d+) "
+    r"^summary sent=(?P<sent>\d+) echoed=(?P<echoed>\d+) lost=(?P<lost>\d+) resent=(?P<resent>\d+) "
     r"mismatched=(?P<mismatched>\d+) reconnects=(?P<reconnects>\d+) "
     r"rtt_p50_ms=(?P<p50>\d+\.\d{3}|nan) rtt_p99_ms=(?P<p99>\d+\.\d{3}|nan)$"
 )
@@ -56,7 +58,6 @@ def fast_client_env(**variables: str) -> dict[str, str]:
         MESSAGE_INTERVAL="20",
         RECONNECT_INTERVAL="20",
         RECONNECT_MAX_INTERVAL="50",
-        ORIGIN="ws://127.0.0.1",
         PYTHONWARNINGS="always::ResourceWarning",  # shown on stderr, where tests look
     )
     env.update(variables)
@@ -255,3 +256,25 @@ class SilentServer:
             conn.ended = True
         finally:
             writer.transport.abort()
+
+
+def run_client(
+    args: list[str], cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m echo.client ARGS`` to its end, stdin closed; stdout and stderr as text;
+    ``env`` adds variables to :func:`fast_client_env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "echo.client", *args],
+        env=fast_client_env(**(env or {})),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def json_events(stdout: str) -> list[dict[str, Any]]:
+    """The JSON lines of ``--json`` output, each parsed (all of stdout must be JSON)."""
+    return [json.loads(line) for line in stdout.splitlines()]

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from echo.client import EchoClient, OriginRefused
+from echo.client import EchoClient, GaveUp, OriginRefused
+from echo.text import preview
 from tests.client_support import (
     ClientProcess,
     Relay,
@@ -28,7 +29,7 @@ from tests.client_support import (
     fast_settings,
     parse_summary,
 )
-from tests.support import ServerProcess, wait_until
+from tests.support import ServerProcess, free_port, wait_until
 from tests.wsraw import OP_CLOSE, OP_PING, OP_TEXT
 
 ServerStarter = Callable[..., ServerProcess]
@@ -53,7 +54,7 @@ async def test_messages_are_echoed_and_verified(
     stats = await asyncio.wait_for(client.run(), 15)
     assert (stats.sent, stats.echoed, stats.mismatched, stats.resent) == (5, 5, 0, 0)
     assert stats.connections == 1
-    assert len(stats.rtt.samples) == 5
+    assert stats.rtt.count == 5
     # What reached the server is what --size and --binary asked for.
     assert len(re.findall(logged, server.log())) == 5, server.log()
 
@@ -118,7 +119,7 @@ async def test_stop_waits_for_the_echoes_due_and_a_second_signal_cuts_it_short(
         assert client.proc.poll() is None, "still waiting (up to 5 s) for the echoes due"
         client.proc.send_signal(signal.SIGINT)
         started = time.monotonic()
-        assert await asyncio.to_thread(client.proc.wait, 15) == 0
+        assert await asyncio.to_thread(client.proc.wait, 15) == 3, "messages were lost"
         hurried = time.monotonic() - started
     finally:
         client.kill()
@@ -127,6 +128,7 @@ async def test_stop_waits_for_the_echoes_due_and_a_second_signal_cuts_it_short(
     summary = parse_summary(client.stdout())
     assert int(summary["sent"]) >= 3
     assert (summary["echoed"], summary["p50"]) == ("0", "nan")
+    assert summary["lost"] == summary["sent"], "sent and never echoed"
     assert OP_CLOSE in silent.connections[0].opcodes, "a close frame was still sent"
     client.assert_no_leaks_reported()
 
@@ -219,23 +221,21 @@ async def test_echoes_lost_with_the_connection_are_resent_and_counted_once(
     assert stats.reconnects == 1
 
 
-async def test_backoff_grows_while_failing_and_resets_after_a_healthy_connection(
+async def test_backoff_grows_while_failing_and_resets_once_a_connection_carried_an_echo(
     server_process: ServerStarter, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "echo.client")
     server = server_process()
     relay = await Relay(server.port).start()
     relay.refuse = True
-    client = EchoClient(
-        fast_settings(relay.url, reconnect_interval=0.01, reconnect_max_interval=0.16)
-    )
+    # The cap is far above how long the connection lives: only its echo can reset.
+    client = EchoClient(fast_settings(relay.url, reconnect_interval=0.01, reconnect_max_interval=5))
     run = asyncio.create_task(client.run())
     try:
-        # Failed attempts at steps of 10, 20, 40, 80, 160, 160 ms.
-        await wait_until(lambda: caplog.text.count("reconnecting in") >= 6, timeout=10)
+        # Failed attempts at steps of 10, 20, 40, 80, 160, 320 ms.
+        await wait_until(lambda: caplog.text.count("retrying in") >= 6, timeout=10)
         relay.refuse = False
-        await wait_until(lambda: client.connected)
-        await asyncio.sleep(0.3)  # up longer than RECONNECT_MAX_INTERVAL: healthy
+        await wait_until(lambda: client.stats.echoed >= 1)
         failing = caplog.text
         relay.cut()
         await wait_until(lambda: client.stats.connections == 2)
@@ -243,15 +243,84 @@ async def test_backoff_grows_while_failing_and_resets_after_a_healthy_connection
         client.stop()
         await asyncio.wait_for(run, 10)
         await relay.close()
-    delays = [float(d) for d in re.findall(r"reconnecting in ([\d.]+) s", failing)]
+    attempts = re.findall(r"cannot connect \(attempt (\d+)\): .*; retrying in ([\d.]+) s", failing)
+    assert [int(n) for n, _ in attempts[:6]] == [1, 2, 3, 4, 5, 6], "numbered, at INFO"
+    delays = [float(d) for _, d in attempts]
     after = [
         float(d) for d in re.findall(r"reconnecting in ([\d.]+) s", caplog.text[len(failing) :])
     ]
-    assert len(delays) >= 6
     assert delays[0] <= 0.01
-    assert max(delays) >= 0.08, "the delay doubled"
-    assert max(delays) <= 0.16, "up to the cap"
-    assert after[0] <= 0.01, "and started again from RECONNECT_INTERVAL"
+    assert max(delays) >= 0.16, "the delay doubled"
+    assert after[0] <= 0.01, "and started again from RECONNECT_INTERVAL after one echo"
+    assert re.search(r"connection lost: .*\(code=1006 abnormal\) after [\d.]+ s up", caplog.text)
+    assert re.search(r"connected to .* \(connection 2, .*\) after [\d.]+ s down", caplog.text)
+
+
+async def test_connections_without_an_echo_count_as_failed_attempts_until_max_attempts(
+    aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "echo.client")
+
+    async def accept_then_close(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close(code=1011, message=b"broken")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", accept_then_close)
+    server = await aiohttp_server(app)
+    client = EchoClient(fast_settings(str(server.make_url("/")), max_attempts=3))
+    with pytest.raises(GaveUp) as caught:
+        await asyncio.wait_for(client.run(), 15)
+    assert caught.value.attempts == 3
+    assert client.stats.connections == 3, "handshakes succeeded, but no echo: not healthy"
+    assert "server closed with 1011 'broken'" in str(caught.value)
+    assert caplog.text.count("reconnecting in") == 2
+
+
+def test_max_attempts_gives_up_with_exit_1_after_numbered_attempts(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "echo.client", f"ws://127.0.0.1:{port}/", "--count", "3"],
+        env=fast_client_env(RECONNECT_MAX_ATTEMPTS="4"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    attempts = re.findall(
+        r"INFO echo\.client: cannot connect \(attempt (\d) of 4\): ", result.stderr
+    )
+    assert attempts == ["1", "2", "3"], result.stderr
+    assert len(re.findall(r"; retrying in [\d.]+ s$", result.stderr, re.MULTILINE)) == 3
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("echo-client: gave up after 4 failed attempt(s) to connect to ")
+    assert result.stdout == "", "nothing was sent: no summary"
+
+
+def test_server_killed_for_good_then_ctrl_c_gives_exit_3_with_lost(
+    server_process: ServerStarter, tmp_path: Path
+) -> None:
+    server = server_process()
+    # The server freezes with messages in flight, then dies for good.
+    client = ClientProcess([server.url], fast_client_env(), tmp_path)
+    try:
+        client.wait_for_log(r"echo seq=\d+", count=3)
+        server.signal(signal.SIGSTOP)
+        time.sleep(0.2)  # ten message intervals: sent, never echoed
+        server.signal(signal.SIGKILL)
+        server.wait()
+        client.wait_for_log(r"cannot connect \(attempt \d+\)")
+        assert client.stop(signal.SIGINT) == 3, client.stderr()
+    finally:
+        client.kill()
+    summary = parse_summary(client.stdout())
+    assert int(summary["lost"]) >= 1
+    assert int(summary["echoed"]) + int(summary["lost"]) == int(summary["sent"])
+    client.assert_no_leaks_reported()
 
 
 async def test_100_reconnect_cycles_leave_no_tasks_or_descriptors(
@@ -303,22 +372,82 @@ async def test_100_reconnect_cycles_leave_no_tasks_or_descriptors(
 # -- refusals -------------------------------------------------------------------------
 
 
-def test_origin_refused_exits_1_naming_the_origin(
+async def refusal_body(url: str, origin: str | None = None) -> str:
+    """The body of the server's answer to a WebSocket handshake, read independently."""
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    if origin is not None:
+        headers["Origin"] = origin
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url.replace("ws://", "http://"), headers=headers) as response:
+            assert response.status == 403
+            return await response.text()
+
+
+async def test_no_origin_is_sent_by_default_so_any_port_works(
+    server_process: ServerStarter, tmp_path: Path
+) -> None:
+    # The server's default allow-list names none of these; it admits no-Origin clients.
+    server = server_process(ALLOWED_ORIGINS="http://localhost:3000", ALLOW_MISSING_ORIGIN="true")
+    env = fast_client_env(PORT=str(server.port))  # no WS_URL: ws://localhost:PORT/
+    client = ClientProcess(["--count", "3"], env, tmp_path)
+    assert await asyncio.to_thread(client.proc.wait, 30) == 0, client.stderr()
+    assert "connected to ws://localhost:" + str(server.port) + "/" in client.stderr()
+    assert re.search(r"open id=c1 remote=\S+ origin=-", server.log()), server.log()
+    assert parse_summary(client.stdout())["echoed"] == "3"
+
+
+async def test_403_prints_the_servers_reason_and_exits_1(
+    server_process: ServerStarter, tmp_path: Path
+) -> None:
+    server = server_process(ALLOWED_ORIGINS="http://allowed.example", ALLOW_MISSING_ORIGIN="false")
+    client = ClientProcess([server.url], fast_client_env(), tmp_path)
+    try:
+        assert await asyncio.to_thread(client.proc.wait, 15) == 1
+    finally:
+        client.kill()
+    assert len(re.findall(r"reason=origin", server.log())) == 1, "403 is not retried"
+    said = await refusal_body(server.url)
+    last = client.stderr().strip().splitlines()[-1]
+    assert last.startswith(f"echo-client: the server at '{server.url}' refused the handshake")
+    assert f"HTTP 403: {preview(said.strip(), 200)}; sent no Origin" in last, last
+    assert client.stdout() == ""
+
+
+async def test_origin_refused_names_the_origin_sent(
     server_process: ServerStarter, tmp_path: Path
 ) -> None:
     server = server_process(ALLOWED_ORIGINS="http://allowed.example")
-    env = fast_client_env(WS_URL=server.url)
-    del env["ORIGIN"]
-    client = ClientProcess([], env, tmp_path)
+    said = await refusal_body(server.url, "http://other.example")
+    client = ClientProcess(
+        [server.url, "--origin", "http://other.example"], fast_client_env(), tmp_path
+    )
     try:
-        assert client.proc.wait(15) == 1
+        assert await asyncio.to_thread(client.proc.wait, 15) == 1
     finally:
         client.kill()
-    lines = client.stderr().strip().splitlines()
-    assert "refused the origin" in lines[-1]
-    assert f"'ws://127.0.0.1:{server.port}'" in lines[-1], "the default origin is the URL's"
-    assert client.stdout() == ""
-    assert len(re.findall(r"reason=origin", server.log())) == 1, "403 is not retried"
+    last = client.stderr().strip().splitlines()[-1]
+    assert f"HTTP 403: {preview(said.strip(), 200)}; sent Origin 'http://other.example'" in last
+
+
+async def test_a_hostile_403_body_is_escaped_and_bounded(aiohttp_server: Any) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=403, body=b"\x1b[31mred\nforged line\x00" + b"x" * 100_000)
+
+    app = web.Application()
+    app.router.add_get("/", refuse)
+    server = await aiohttp_server(app)
+    client = EchoClient(fast_settings(str(server.make_url("/"))))
+    with pytest.raises(OriginRefused) as caught:
+        await asyncio.wait_for(client.run(), 10)
+    line = str(caught.value)
+    assert not set(line) & {"\n", "\x1b", "\x00"}
+    assert "\\x1b[31mred\\nforged line" in line
+    assert len(line) < 600
 
 
 async def test_origin_refused_raises_in_the_library(server_process: ServerStarter) -> None:
@@ -327,6 +456,7 @@ async def test_origin_refused_raises_in_the_library(server_process: ServerStarte
     with pytest.raises(OriginRefused) as caught:
         await asyncio.wait_for(client.run(), 10)
     assert caught.value.origin == "http://other.example"
+    assert caught.value.status == 403
 
 
 @pytest.mark.parametrize(
@@ -405,8 +535,9 @@ def test_frozen_server_is_noticed_by_heartbeat_and_nothing_is_lost(
 
 async def test_heartbeat_keeps_a_quiet_healthy_connection(server_process: ServerStarter) -> None:
     server = server_process()
-    # Messages rarer than the heartbeat: the pings alone keep the connection alive.
-    client = EchoClient(fast_settings(server.url, heartbeat_interval=0.1, message_interval=0.5))
+    # Messages rarer than the heartbeat: the pings alone keep the connection alive. (A
+    # pong has half the interval to come back: 150 ms, room for a loaded machine.)
+    client = EchoClient(fast_settings(server.url, heartbeat_interval=0.3, message_interval=1.0))
     run = asyncio.create_task(client.run())
     await wait_until(lambda: client.stats.echoed >= 3, timeout=10)
     client.stop()
@@ -434,6 +565,32 @@ async def test_heartbeat_keeps_a_quiet_healthy_connection(server_process: Server
         (["--count", "-1"], {}, "--count"),
         (["--size", "0"], {}, "--size"),
         (["--origin", "not an origin"], {}, "--origin"),
+        ([], {"RECONNECT_MAX_ATTEMPTS": "-1"}, "RECONNECT_MAX_ATTEMPTS"),
+        (["--max-attempts", "x"], {}, "--max-attempts"),
+        ([], {"PORT": "0"}, "PORT"),
+        (["-H", "no colon"], {}, "--header"),
+        (["-H", "Bad Name: x"], {}, "--header"),
+        (["-H", "X-Ok: line\nbreak"], {}, "--header"),
+        (["-H", "Sec-WebSocket-Protocol: chat"], {}, "--header"),
+        (["--subprotocol", "a b"], {}, "--subprotocol"),
+        (["--proxy", "ftp://127.0.0.1:21"], {}, "--proxy"),
+        (["--proxy", "http://127.0.0.1"], {}, "--proxy"),
+        (["--proxy", "socks5://u:secret@127.0.0.1:1080/path"], {}, "--proxy"),
+        (["--cert", "/nonexistent.pem"], {}, "--cert"),
+        (["--key", "/nonexistent.pem"], {}, "--cert"),
+        (["--connections", "0"], {}, "--connections"),
+        (["--connections", "10", "--rate", "0"], {}, "--rate"),
+        (["--connections", "10", "--rate", "5", "--in-flight", "2"], {}, "--in-flight"),
+        (["--connections", "10", "--in-flight", "101"], {}, "--in-flight"),
+        (["--rate", "5"], {}, "--rate"),
+        (["--pipe", "--count", "3"], {}, "--count"),
+        (["--pipe", "--base64", "--hex"], {}, "--hex"),
+        (["--hex"], {}, "--hex"),
+        (["--pipe", "--wait", "-1"], {}, "--wait"),
+        (["--probe-idle", "0"], {}, "--probe-idle"),
+        (["--probe-idle", "1000", "--pipe"], {}, "--probe-idle"),
+        (["-i", "--json"], {}, "--json"),
+        (["--duration", "soon"], {}, "--duration"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(
@@ -453,7 +610,34 @@ def test_bad_configuration_exits_2_with_one_line(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"echo-client: invalid {name}=")
     assert "expected" in lines[0]
+    assert "secret" not in lines[0], "no credentials in error lines"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nonsense"], "echo-client: unrecognized arguments: --nonsense"),
+        (
+            ["ws://a/", "--url", "ws://b/"],
+            "echo-client: give the URL once: as an argument or with --url",
+        ),
+        (["--connections"], "echo-client: argument --connections: expected one argument"),
+    ],
+)
+def test_command_line_mistakes_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "echo.client", *args],
+        env=fast_client_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (2, message + "\n", "")
 
 
 async def test_stop_while_disconnected_ends_promptly() -> None:

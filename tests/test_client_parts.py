@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from echo.backoff import RETRY_AFTER_CAP, Backoff, parse_retry_after
-from echo.config import ClientSettings, ConfigError, load_environment
-from echo.payloads import Payloads
-from echo.tracker import EchoTracker, Kind, Match, Reservoir, Stats
+from echo.client.backoff import RETRY_AFTER_CAP, Attempts, Backoff, parse_retry_after
+from echo.client.cli import parse_flags
+from echo.client.histogram import BUCKETS, Histogram, bucket_of, bucket_range
+from echo.client.payloads import Payloads
+from echo.client.tracker import EchoTracker, Kind, Match, Stats
+from echo.config import ClientSettings, ConfigError, LoadOptions, PipeOptions, load_environment
 from tests.client_support import SUMMARY
 
 # -- settings -------------------------------------------------------------------------
@@ -22,7 +24,7 @@ from tests.client_support import SUMMARY
 def test_client_defaults_match_the_documented_table() -> None:
     assert ClientSettings.from_env({}) == ClientSettings(
         url="ws://localhost:8080/",
-        origin="ws://localhost:8080",
+        origin=None,
         reconnect_interval=5.0,
         reconnect_max_interval=30.0,
         message_interval=1.0,
@@ -34,13 +36,29 @@ def test_client_defaults_match_the_documented_table() -> None:
     )
 
 
-def test_origin_defaults_to_the_urls_scheme_host_and_port() -> None:
-    def origin(url: str) -> str:
-        return ClientSettings.from_env({"WS_URL": url}).origin
+def test_no_origin_unless_one_is_set() -> None:
+    assert ClientSettings.from_env({"WS_URL": "ws://127.0.0.1:9001/echo?x=1"}).origin is None
+    assert ClientSettings.from_env({"ORIGIN": "HTTP://Page.Example"}).origin == (
+        "http://page.example"
+    )
+    assert ClientSettings.from_env({}, {"--origin": "ws://[::1]:8080"}).origin == (
+        "ws://[::1]:8080"
+    )
 
-    assert origin("ws://127.0.0.1:9001/echo?x=1") == "ws://127.0.0.1:9001"
-    assert origin("wss://Echo.Example/") == "wss://echo.example"
-    assert origin("ws://[::1]:8080/") == "ws://[::1]:8080"
+
+def test_ws_url_defaults_to_the_port_of_the_environment() -> None:
+    assert ClientSettings.from_env({"PORT": "8097"}).url == "ws://localhost:8097/"
+    assert ClientSettings.from_env({"PORT": "8097", "WS_URL": "ws://h:1/"}).url == "ws://h:1/"
+    with pytest.raises(ConfigError) as caught:
+        ClientSettings.from_env({"PORT": "0"})  # the server's "any free port" means nothing here
+    assert caught.value.name == "PORT"
+    assert "or set WS_URL" in str(caught.value)
+
+
+def test_env_file_port_moves_the_clients_default_url(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=8097\n")
+    settings = ClientSettings.from_env(load_environment({}, tmp_path / ".env"))
+    assert settings.url == "ws://localhost:8097/"
 
 
 def test_flags_win_over_the_environment() -> None:
@@ -68,6 +86,54 @@ def test_flags_win_over_the_environment() -> None:
     assert (settings.reconnect_interval, settings.reconnect_max_interval) == (0.1, 0.8)
     assert settings.heartbeat_interval == 1.5
     assert settings.healthy_after == 0.8
+
+
+def test_modes_and_connection_options_from_the_command_line() -> None:
+    def settings(*argv: str) -> ClientSettings:
+        return ClientSettings.from_env({}, parse_flags(list(argv)))
+
+    default = settings("ws://h/")
+    assert (default.url, default.mode, default.compression, default.headers) == (
+        "ws://h/",
+        "stream",
+        True,
+        (),
+    )
+    load = settings("ws://h/", "--connections", "200", "--rate", "2000", "--duration", "10000")
+    assert load.load == LoadOptions(connections=200, rate=2000, in_flight=None)
+    assert (load.mode, load.duration) == ("load", 10.0)
+    assert settings("--url", "ws://h/", "--pipe", "--hex", "--wait", "0").pipe == PipeOptions(
+        encoding="hex", wait=0.0
+    )
+    assert settings("ws://h/", "--pipe", "--binary").pipe == PipeOptions(encoding="raw")
+    assert settings("ws://h/", "--probe-idle", "120000").probe_idle == 120.0
+    assert settings("ws://h/", "-i").mode == "interactive"
+    options = settings(
+        "wss://h/",
+        "-H",
+        "X-A: 1",
+        "--header",
+        "X-B:two words ",
+        "--subprotocol",
+        "v2",
+        "--subprotocol",
+        "chat",
+        "--proxy",
+        "socks5h://u:p@127.0.0.1:1080",
+        "--insecure",
+        "--no-compression",
+        "--show-handshake",
+        "--follow-redirects",
+        "--max-attempts",
+        "5",
+        "--json",
+    )
+    assert options.headers == (("X-A", "1"), ("X-B", "two words"))
+    assert options.subprotocols == ("v2", "chat")
+    assert options.proxy == "socks5h://u:p@127.0.0.1:1080"
+    assert (options.insecure, options.compression, options.show_handshake) == (True, False, True)
+    assert (options.follow_redirects, options.max_attempts, options.json) == (True, 5, True)
+    assert ClientSettings.from_env({"RECONNECT_MAX_ATTEMPTS": "7"}).max_attempts == 7
 
 
 def test_env_file_is_read_for_the_client(tmp_path: Path) -> None:
@@ -191,29 +257,84 @@ def test_wrong_bytes_or_kind_are_mismatches() -> None:
     assert not tracker.pending
 
 
-def test_reservoir_percentiles_and_bounded_memory() -> None:
-    reservoir = Reservoir(capacity=1000, rng=random.Random(0))
-    assert math.isnan(reservoir.percentile(50))
-    for value in range(1, 101):
-        reservoir.add(value / 1000)
-    assert reservoir.percentile(50) == 0.05
-    assert reservoir.percentile(99) == 0.099
+def test_histogram_percentiles_within_half_a_percent_in_fixed_memory() -> None:
+    histogram = Histogram()
+    assert math.isnan(histogram.percentile(50))
+    rng = random.Random(0)
+    values = [rng.lognormvariate(-7, 1.5) for _ in range(50_000)]  # around 1 ms, long tail
+    for value in values:
+        histogram.add(value)
+    ordered = sorted(values)
+    for p in (50, 90, 99, 99.9):
+        exact = ordered[math.ceil(p / 100 * len(ordered)) - 1]
+        assert histogram.percentile(p) == pytest.approx(exact, rel=0.005, abs=1e-6), p
+    assert histogram.percentile(100) == pytest.approx(max(values), abs=1e-6), "max is exact"
+    assert histogram.mean == pytest.approx(sum(values) / len(values), rel=1e-3)
+    assert len(histogram.counts) == BUCKETS == 4096, "whatever the number of samples"
     for _ in range(10_000):
-        reservoir.add(1.0)
-    assert len(reservoir.samples) == 1000
-    assert reservoir.seen == 10_100
+        histogram.add(3600.0)
+    assert len(histogram.counts) == BUCKETS
+    assert histogram.percentile(100) == 3600.0
+
+
+def test_histogram_buckets_are_contiguous_and_narrow() -> None:
+    previous = -1
+    for us in [*range(3000), *(2**k + d for k in range(12, 38) for d in (-1, 0, 1))]:
+        index = bucket_of(us)
+        low, high = bucket_range(index)
+        assert low <= us <= high
+        assert index >= previous
+        assert (high - low) / 2 <= 0.004 * low + 0.5
+        previous = index
+
+
+def test_histograms_merge_and_subtract() -> None:
+    first, second = Histogram(), Histogram()
+    for ms in (1, 2, 3):
+        first.add(ms / 1000)
+    before = first.copy()
+    for ms in (10, 20):
+        first.add(ms / 1000)
+        second.add(ms / 1000)
+    window = first.since(before)
+    assert window.count == 2
+    assert window.percentile(50) == pytest.approx(0.010, rel=0.005)
+    merged = Histogram()
+    merged.merge(before)
+    merged.merge(second)
+    assert (merged.count, merged.min_us, merged.max_us) == (5, 1000, 20_000)
+    assert merged.percentile(80) == pytest.approx(0.010, rel=0.005)
+
+
+def test_attempts_count_until_healthy_and_give_up_at_the_limit() -> None:
+    attempts = Attempts(Backoff(1.0, 8.0, random.Random(2)), limit=3)
+    assert attempts.start() == 1
+    assert attempts.label() == "1 of 3"
+    assert not attempts.exhausted
+    assert 0.5 <= attempts.next_delay() <= 1.0
+    attempts.start()
+    assert 1.0 <= attempts.next_delay(retry_after=None) <= 2.0
+    assert attempts.next_delay(retry_after=30.0) >= 30.0, "never before Retry-After"
+    attempts.start()
+    assert attempts.exhausted
+    attempts.healthy()
+    assert (attempts.number, attempts.backoff.step) == (0, 1.0)
+    assert Attempts(Backoff(1.0, 1.0), limit=0).label() == "0"
 
 
 def test_summary_line_format() -> None:
-    stats = Stats(sent=3, echoed=3, resent=1, mismatched=0, reconnects=2)
+    stats = Stats(sent=4, echoed=3, resent=1, mismatched=0, reconnects=2, unanswered=1)
     for value in (0.001, 0.002, 0.0035):
         stats.rtt.add(value)
     line = stats.summary()
-    assert line == (
-        "summary sent=3 echoed=3 resent=1 mismatched=0 reconnects=2 "
-        "rtt_p50_ms=2.000 rtt_p99_ms=3.500"
-    )
-    assert SUMMARY.match(line)
+    assert line.startswith("summary sent=4 echoed=3 lost=1 resent=1 mismatched=0 reconnects=2 ")
+    match = SUMMARY.match(line)
+    assert match is not None
+    assert float(match["p50"]) == pytest.approx(2.0, rel=0.005)
+    assert float(match["p99"]) == pytest.approx(3.5, rel=0.005)
+    assert not stats.clean
+    assert Stats(sent=1, echoed=1).clean
+    assert not Stats(sent=1, echoed=0, mismatched=1).clean
     assert Stats().summary().endswith("rtt_p50_ms=nan rtt_p99_ms=nan")
 
 
@@ -232,9 +353,8 @@ def test_payloads() -> None:
     assert Payloads(7, binary=True).kind is Kind.BINARY
 
 
-def test_library_settings_derive_the_origin_from_the_url() -> None:
-    assert ClientSettings().origin == "ws://localhost:8080"
-    assert ClientSettings(url="ws://127.0.0.1:9/").origin == "ws://127.0.0.1:9"
+def test_library_settings_send_no_origin_unless_given() -> None:
+    assert ClientSettings().origin is None
     assert ClientSettings(url="ws://127.0.0.1:9/", origin="http://a.example").origin == (
         "http://a.example"
     )

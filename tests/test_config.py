@@ -361,6 +361,7 @@ def test_client_declarations_agree_with_what_the_client_reads() -> None:
         "WS_URL": "ws://h.example:1/",
         "RECONNECT_INTERVAL": "700",
         "RECONNECT_MAX_INTERVAL": "9000",
+        "RECONNECT_MAX_ATTEMPTS": "4",
         "MESSAGE_INTERVAL": "250",
         "MESSAGE_COUNT": "9",
         "CLIENT_HEARTBEAT_INTERVAL": "3000",

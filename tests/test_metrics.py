@@ -431,14 +431,20 @@ def test_size_buckets_hold_the_largest_message() -> None:
 
 
 def test_application_close_codes_are_grouped() -> None:
-    assert [code_label(c) for c in (0, 1000, 1011, 3000, 3999, 4000, 4999)] == [
+    codes = (0, 1000, 1011, 1015, 1016, 2999, 3000, 3999, 4000, 4999, 5000, 65535)
+    assert [code_label(c) for c in codes] == [
         "1005",
         "1000",
         "1011",
+        "1015",
+        "other",
+        "other",
         "3xxx",
         "3xxx",
         "4xxx",
         "4xxx",
+        "other",
+        "other",
     ]
 
 
@@ -457,3 +463,51 @@ def test_a_scrape_adds_open_connections_to_closed_totals() -> None:
     assert totals["binary_bytes_out"] == 12
     live.clear()
     assert metrics.totals()["messages_in"] == 10
+
+
+async def close_with(port: int, code: int) -> None:
+    """Upgrade, send a close frame with ``code`` in the same write, wait for the end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        upgrade = RawWebSocket.upgrade_request("127.0.0.1", port)
+        writer.write(upgrade + encode_frame(OP_CLOSE, close_payload(code)))
+        async with asyncio.timeout(10):
+            while await reader.read(65536):
+                pass
+    except ConnectionError:
+        pass  # dropped right after the closing handshake: just as good
+    finally:
+        writer.close()
+
+
+async def test_thousands_of_distinct_close_codes_make_a_fixed_set_of_series(
+    start_app: ServerFactory,
+) -> None:
+    """Every code a peer can send (3000-65535: aiohttp's reader refuses 1016-2999) lands
+    in one of a fixed set of labels, so the scrape does not grow with the codes sent."""
+    server = await start_app(max_connections=100)
+    base = base_url(server)
+    for code in (3000, 4000, 5000):  # one of each group: their series exist from now on
+        await close_with(server.port, code)
+    await closed_all(server)
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
+        before = await response.read()
+    codes = [*range(3000, 5000, 97), *range(5001, 65536, 31)]  # 21 + 1,953 distinct codes
+    pending = iter(codes)
+
+    async def worker() -> None:
+        for code in pending:
+            await close_with(server.port, code)
+
+    await asyncio.gather(*(worker() for _ in range(20)))
+    await closed_all(server)
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
+        after = await response.read()
+    samples = parse(after.decode())
+    received = by_label(samples, "echo_close_codes_received_total", "code")
+    sent = by_label(samples, "echo_close_codes_sent_total", "code")
+    assert received == {"3xxx": 12, "4xxx": 11, "other": len(codes) - 21 + 1}
+    assert sent == {"3xxx": 12, "4xxx": 11, "1002": len(codes) - 21 + 1}
+    allowed = {*map(str, range(1000, 1016)), "3xxx", "4xxx", "other"}
+    assert set(received) | set(sent) <= allowed
+    assert len(after) - len(before) < 100, "the scrape grew with the codes sent"

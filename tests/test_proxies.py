@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from echo.config import ConfigError, ServerSettings
 from echo.proxies import TrustedProxies, parse_trusted_proxies
 from echo.server import SERVER_KEY
 from tests.support import ServerFactory, clean_env, run_server_briefly, wait_until
+from tests.wsraw import RawWebSocket
 
 
 def proxies(text: str) -> TrustedProxies:
@@ -42,6 +44,15 @@ def proxies(text: str) -> TrustedProxies:
         ("::1", "::1", ["2001:db8::5"], "2001:db8::5"),
         ("::1", "::1", ["[2001:db8::5]"], "2001:db8::5"),
         ("127.0.0.0/8", "::ffff:127.0.0.1", ["::ffff:198.51.100.1"], "198.51.100.1"),
+        ("::1", "::1", ["fe80::1"], "fe80::1"),
+        # A scope id is no plain address: it stops the walk like any other junk.
+        ("127.0.0.1", "127.0.0.1", ["fe80::1%eth0"], "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1", ["[fe80::1%eth0]"], "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1", ["198.51.100.1, fe80::1%x"], "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1", ["fe80::1%x, 198.51.100.1"], "198.51.100.1"),
+        ("127.0.0.1", "127.0.0.1", ["198.51.100.1:80"], "127.0.0.1"),
+        ("127.0.0.1", "127.0.0.1", ["\uff11.2.3.4"], "127.0.0.1"),  # a fullwidth digit
+        ("127.0.0.1", "127.0.0.1", ["0" * 46], "127.0.0.1"),
     ],
 )
 def test_client_address(trusted: str, peer: str, xff: list[str], client: str) -> None:
@@ -178,3 +189,44 @@ async def test_x_forwarded_proto_from_a_trusted_proxy_makes_the_https_page_same_
     assert await origin_status(url, page, {}) == 403
     assert await origin_status(url, f"http://127.0.0.1:{server.port}", {}) == 101
     await wait_until(lambda: server.app[SERVER_KEY].limiter.open == 0)
+
+
+FORGED_SCOPES = [
+    b"fe80::1%eth0 reason=origin remote=10.0.0.1",
+    b"fe80::1%\tINFO echo.server: open id=c9",
+    b"fe80::1%" + "\u00e9\u202e".encode() * 500,  # raw non-ASCII (obs-text), 3 KB
+    b"fe80::1%" + b"x" * 3000,
+]
+
+
+async def raw_upgrade(port: int, xff: bytes) -> tuple[int, asyncio.StreamWriter]:
+    """A handshake with ``xff`` as X-Forwarded-For, sent as raw bytes; its status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = RawWebSocket.upgrade_request("127.0.0.1", port)
+    writer.write(request[:-2] + b"X-Forwarded-For: " + xff + b"\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    return int(head.split(b" ", 2)[1]), writer
+
+
+async def test_forwarded_addresses_with_a_scope_id_are_not_believed(
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Python's ipaddress takes ``fe80::1%<anything>``; such an entry must stop the
+    walk, or its scope id reaches the log and becomes the per-address limit key."""
+    caplog.set_level(logging.DEBUG)
+    server = await start_app(
+        max_connections_per_ip=1, trusted_proxies=parse_trusted_proxies("127.0.0.1")
+    )
+    limiter = server.app[SERVER_KEY].limiter
+    status, held = await raw_upgrade(server.port, FORGED_SCOPES[0])
+    assert status == 101
+    assert limiter.held_by("127.0.0.1") == 1  # the proxy's own address: nothing believed
+    for forged in FORGED_SCOPES[1:]:  # another "address" each time buys no second slot
+        status, writer = await raw_upgrade(server.port, forged)
+        assert status == 429
+        writer.close()
+    held.close()
+    await wait_until(lambda: limiter.open == 0)
+    assert "open id=c1 remote=127.0.0.1 " in caplog.text
+    assert caplog.text.count("refused remote=127.0.0.1 ") == len(FORGED_SCOPES) - 1
+    assert "fe80" not in caplog.text

@@ -20,16 +20,25 @@ upgraded: :meth:`EchoResponse.detach` lets it return without closing the WebSock
 
 Everything else takes the ordinary road through the queue to ``EchoServer.serve``,
 woken by the queue (``wake``) and run in a short-lived task until the queue is empty:
-any message while earlier ones are still queued (order), messages over the size limit
-or with invalid UTF-8 (serve closes with 1009 / 1007), protocol errors, anything while
-the transport is paused for writing (serve awaits the drain, and a full queue pauses
+any message while earlier ones are still queued or while one that ``receive()`` took is
+not sent yet (order, :meth:`EchoQueue.read`), messages over the size limit or with
+invalid UTF-8 (serve closes with 1009 / 1007), protocol errors, anything while the
+transport is paused for writing (serve awaits the drain, and a full queue pauses
 reading: back-pressure is kept), closing connections, compressed connections (the
 compressor is shared with serve's sends) and debug logging (serve logs a preview).
 Under aiohttp's own runner (adev's development server) nothing is detached and the
 handler serves until the end, as aiohttp intends.
 
-With metrics on (METRICS=true), :class:`MeteredEchoQueue` also counts binary messages
-apart and the size of each message in the shared histogram of echo.metrics.
+Replies are bounded like echoes: a ping that comes while the transport is paused for
+writing is answered once writing resumes, with reading held until then
+(:meth:`EchoQueue.owe_pong`), so a peer that pings and never reads cannot make the
+server buffer pongs. And since echoing from the parser's callback never fills a
+queue, aiohttp's back-pressure never pauses a peer that streams small frames and
+reads its echoes: the connection protocol pauses it after a read budget instead
+(``echo.engine.fast.runner.READ_BUDGET``), so it cannot hold the event loop.
+
+With metrics on (METRICS=true), :class:`EchoQueue` also counts binary messages apart
+and the size of each message in the shared histogram of echo.metrics.
 :meth:`EchoResponse.close` and :meth:`EchoResponse.answer_close` record the close codes
 sent and received on the connection's record (echo.engine.Connection).
 """
@@ -60,21 +69,54 @@ _CLOSE = WSMsgType.CLOSE
 
 
 class EchoQueue(WebSocketDataQueue):
-    """A WebSocketDataQueue that echoes plain data messages instead of queueing them."""
+    """A WebSocketDataQueue that echoes plain data messages instead of queueing them.
 
-    __slots__ = ("counters", "ended", "limit", "response", "transport", "wake", "write_frame")
+    With metrics (``sizes`` is not None) it also counts binary messages apart and each
+    message's size in the shared histogram of echo.metrics.
+    """
+
+    __slots__ = (
+        "bounds",
+        "counters",
+        "ended",
+        "held",
+        "limit",
+        "owed_pong",
+        "response",
+        "sizes",
+        "transport",
+        "wake",
+        "write_frame",
+    )
 
     def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
         super().__init__(protocol, limit, loop=loop)
         writer = response._writer
         assert writer is not None
         self.counters: Traffic | None = None  # set by EchoResponse.start_echo
+        sizes = response._sizes
+        self.bounds: tuple[int, ...] = () if sizes is None else sizes.bounds
+        self.sizes: list[int] | None = None if sizes is None else sizes.sizes
         self.limit = 0
         self.response: EchoResponse | None = response
         self.transport: Any = writer.transport
         self.write_frame: Any = writer._write_websocket_frame
         self.wake: Callable[[], None] | None = None  # set by EchoResponse.detach
         self.ended: Callable[[], None] | None = None  # set by EchoResponse.detach
+        # A message has left the queue for receive() and is not echoed yet (see read).
+        self.held = False
+        self.owed_pong: bytes | None = None  # see owe_pong
+
+    async def read(self) -> Any:
+        """aiohttp's read, for ``receive()``; nothing is echoed from the parser until
+        the message it returns has been sent (:meth:`EchoResponse.send_frame`).
+
+        Taking a message out of a full queue resumes the stalled parser inside aiohttp's
+        read, before the message is returned: what that parse reaches must queue up
+        behind it, not overtake it. So must whatever arrives while ``receive()`` waits.
+        """
+        self.held = True
+        return await WebSocketDataQueue.read(self)
 
     def _keep(self, data: Any, size: int) -> None:
         """The ordinary road: queue the message for receive(), and wake its reader."""
@@ -101,10 +143,11 @@ class EchoQueue(WebSocketDataQueue):
         """A control frame, or whatever else the parser queues, on the fast path.
 
         A ping is answered at once with aiohttp's frame writer, as aiohttp's autoping
-        does inside ``receive()``; a pong only proves the peer alive, which the mask
-        check has already noted for the heartbeat; a close frame is answered by
-        :meth:`EchoResponse.answer_close` unless a ``receive()`` is waiting for it.
-        Errors go to ``receive()``.
+        does inside ``receive()``, or once the transport takes writes again
+        (:meth:`owe_pong`); a pong only proves the peer alive, which the gate has
+        already noted for the heartbeat; a close frame is answered by
+        :meth:`EchoResponse.answer_close` when nothing is before it and no
+        ``receive()`` is waiting for it. Errors go to ``receive()``.
         """
         kind = data[0]
         response = self.response
@@ -115,21 +158,48 @@ class EchoQueue(WebSocketDataQueue):
             or self.transport.is_closing()
         ):
             return self._keep(data, size)
-        # Pings and pongs need not wait behind messages held back in the queue (a
-        # control frame may come between data frames), and a ping left last in the
-        # queue would keep serve()'s task waiting inside receive().
-        if kind is _PING:
-            self.write_frame(data[1], _PONG, 0)
-            return None
+        # Pings and pongs need not wait behind messages held back in the queue: a
+        # control frame may come between data frames.
         if kind is _PONG:
             return None
+        paused = self._protocol._paused
+        if kind is _PING:
+            if not paused:
+                self.write_frame(data[1], _PONG, 0)
+                return None
+            if self.wake is not None:  # detached: our protocol holds reading for it
+                self.owe_pong(data[1])
+                return None
         if kind is _CLOSE and not (
-            self._buffer or self._protocol._paused or response._closing or response._waiting
+            self._buffer or paused or self.held or response._closing or response._waiting
         ):
             response.answer_close(data[1])  # nothing before it, no receive() waiting
             return None
         return self._keep(data, size)
 
+    def owe_pong(self, payload: bytes) -> None:
+        """A ping came while the transport is paused for writing (the peer is not
+        reading): its pong is sent once writing resumes, and until then the connection
+        is not read, as aiohttp's queue stops reading messages it cannot echo.
+
+        Only the latest ping's pong is kept (RFC 6455 5.5.3 allows answering only the
+        most recent one), so a peer that pings and never reads costs at most one
+        payload of 125 bytes, not a pong per ping.
+        """
+        first = self.owed_pong is None
+        self.owed_pong = payload
+        if first:
+            protocol = self._protocol
+            assert isinstance(protocol, EchoRequestHandler)  # detached
+            protocol.hold_until_writable(self.pay_pong)
+
+    def pay_pong(self) -> None:
+        """Writing resumed: send the pong :meth:`owe_pong` kept."""
+        payload, self.owed_pong = self.owed_pong, None
+        transport = self.transport
+        if payload is not None and transport is not None and not transport.is_closing():
+            self.write_frame(payload, _PONG, 0)
+
     def feed_data(self, data: Any, size: int) -> None:
         counters = self.counters
         kind = data[0]
@@ -137,7 +207,7 @@ class EchoQueue(WebSocketDataQueue):
             return self._keep(data, size)
         if kind is not _TEXT and kind is not _BINARY:
             return self._control(data, size)
-        if self._buffer or self._protocol._paused or self.transport.is_closing():
+        if self._buffer or self.held or self._protocol._paused or self.transport.is_closing():
             return self._keep(data, size)
         payload: bytes = data[1]
         n = len(payload)
@@ -152,47 +222,9 @@ class EchoQueue(WebSocketDataQueue):
         counters.bytes_in += n
         counters.messages_out += 1
         counters.bytes_out += n
-        return None
-
-
-class MeteredEchoQueue(EchoQueue):
-    """EchoQueue that also counts binary messages apart and each message's size.
-
-    ``feed_data`` repeats EchoQueue's checks rather than calling it, so the echo costs
-    one Python call per message either way; keep the two in step.
-    """
-
-    __slots__ = ("bounds", "sizes")
-
-    def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
-        super().__init__(protocol, limit, loop=loop, response=response)
-        sizes = response._sizes
-        assert sizes is not None
-        self.bounds = sizes.bounds
-        self.sizes = sizes.sizes
-
-    def feed_data(self, data: Any, size: int) -> None:
-        counters = self.counters
-        kind = data[0]
-        if counters is None:
-            return self._keep(data, size)
-        if kind is not _TEXT and kind is not _BINARY:
-            return self._control(data, size)
-        if self._buffer or self._protocol._paused or self.transport.is_closing():
-            return self._keep(data, size)
-        payload: bytes = data[1]
-        n = len(payload)
-        if n > self.limit or (kind is _TEXT and not payload.isascii() and not is_utf8(payload)):
-            return self._keep(data, size)
-        response = self.response
-        assert response is not None
-        if response.closed:
-            return self._keep(data, size)
-        self.write_frame(payload, kind, 0)
-        counters.messages_in += 1
-        counters.bytes_in += n
-        counters.messages_out += 1
-        counters.bytes_out += n
+        sizes = self.sizes
+        if sizes is None:
+            return None
         if kind is _BINARY:
             counters.binary_in += 1
             counters.binary_bytes_in += n
@@ -200,9 +232,9 @@ class MeteredEchoQueue(EchoQueue):
             counters.binary_bytes_out += n
         # Small messages, the common case, skip the bisect call (a few % of throughput).
         if n <= 64:
-            self.sizes[0 if n <= 16 else 1] += 1
+            sizes[0 if n <= 16 else 1] += 1
         else:
-            self.sizes[bisect_left(self.bounds, n)] += 1
+            sizes[bisect_left(self.bounds, n)] += 1
         return None
 
 
@@ -307,8 +339,7 @@ class EchoResponse(web.WebSocketResponse):
             self._beat_slot = self._beats.add(self)
         loop = self._loop
         assert loop is not None
-        kind = EchoQueue if self._sizes is None else MeteredEchoQueue
-        queue = kind(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
+        queue = EchoQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
         self._reader = queue
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
@@ -354,6 +385,21 @@ class EchoResponse(web.WebSocketResponse):
             if answer is not None and answer != WSCloseCode.ABNORMAL_CLOSURE:
                 conn.received_close(answer)
         return result
+
+    async def send_frame(
+        self, message: bytes, opcode: WSMsgType, compress: int | None = None
+    ) -> None:
+        """aiohttp's send_frame; once the message that ``receive()`` returned is sent,
+        the parser may echo again (see :meth:`EchoQueue.read`).
+
+        aiohttp writes an uncompressed frame before its first await, so ``held`` is
+        cleared with nothing else running between that and the write (compressed
+        connections never echo from the parser).
+        """
+        queue = self._reader
+        if isinstance(queue, EchoQueue):
+            queue.held = False
+        await super().send_frame(message, opcode, compress)
 
     def start_echo(self, counters: Traffic, max_message_size: int) -> None:
         """Begin echoing from the parser; until now messages waited in the queue."""
@@ -445,5 +491,9 @@ class EchoResponse(web.WebSocketResponse):
             queue.write_frame = None
             queue.wake = None
             queue.ended = None
+            if queue.owed_pong is not None:
+                queue.owed_pong = None
+                if isinstance(queue._protocol, EchoRequestHandler):
+                    queue._protocol.release_hold()
         if self._beats is not None:
             self._beats.discard(self, self._beat_slot)

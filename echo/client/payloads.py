@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import random
 
-from echo.tracker import Kind
+from echo.client.tracker import Kind
 
 
 class Payloads:

@@ -12,12 +12,11 @@ when its echo arrived, so it is never sent again and never counted twice.
 from __future__ import annotations
 
 import math
-import random
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-RTT_SAMPLES = 65_536  # exact percentiles up to this many echoes, a uniform sample after
+from echo.client.histogram import Histogram
 
 
 class Kind(Enum):
@@ -48,33 +47,6 @@ class EchoResult:
     rtt: float | None
 
 
-class Reservoir:
-    """Round-trip times for percentiles, in bounded memory (Vitter's algorithm R)."""
-
-    def __init__(self, capacity: int = RTT_SAMPLES, rng: random.Random | None = None) -> None:
-        self.capacity = capacity
-        self.samples: list[float] = []
-        self.seen = 0
-        self._rng = rng or random.Random()
-
-    def add(self, value: float) -> None:
-        self.seen += 1
-        if len(self.samples) < self.capacity:
-            self.samples.append(value)
-            return
-        slot = self._rng.randrange(self.seen)
-        if slot < self.capacity:
-            self.samples[slot] = value
-
-    def percentile(self, p: float) -> float:
-        """Nearest-rank percentile; NaN when there are no samples."""
-        if not self.samples:
-            return math.nan
-        ordered = sorted(self.samples)
-        rank = max(1, math.ceil(p / 100 * len(ordered)))
-        return ordered[rank - 1]
-
-
 @dataclass(slots=True)
 class Stats:
     """The counters of the summary line, plus a few that only the library exposes."""
@@ -86,19 +58,63 @@ class Stats:
     reconnects: int = 0  # connections opened after the first one
     connections: int = 0  # connections opened in all
     refusals: int = 0  # handshakes answered 429 or 503
-    rtt: Reservoir = field(default_factory=Reservoir)
+    unanswered: int = 0  # sent and neither echoed nor mismatched (yet): lost at the end
+    failed_attempts: int = 0  # handshakes that failed (refusals included)
+    dropped: int = 0  # connections lost other than by the client's own close
+    rtt: Histogram = field(default_factory=Histogram)
+
+    @property
+    def lost(self) -> int:
+        """Messages sent that were never answered; meaningful once the client stopped."""
+        return self.unanswered
+
+    @property
+    def clean(self) -> bool:
+        """Nothing lost and nothing mismatched: the run proved the echo path."""
+        return self.unanswered == 0 and self.mismatched == 0
+
+    def add(self, other: Stats) -> None:
+        """Add ``other``'s counters (not its round-trip times) to these."""
+        self.sent += other.sent
+        self.echoed += other.echoed
+        self.resent += other.resent
+        self.mismatched += other.mismatched
+        self.reconnects += other.reconnects
+        self.connections += other.connections
+        self.refusals += other.refusals
+        self.unanswered += other.unanswered
+        self.failed_attempts += other.failed_attempts
+        self.dropped += other.dropped
 
     def summary(self) -> str:
         """The one line printed at exit (round-trip times in milliseconds)."""
         return (
-            f"summary sent={self.sent} echoed={self.echoed} resent={self.resent} "
-            f"mismatched={self.mismatched} reconnects={self.reconnects} "
+            f"summary sent={self.sent} echoed={self.echoed} lost={self.lost} "
+            f"resent={self.resent} mismatched={self.mismatched} reconnects={self.reconnects} "
             f"rtt_p50_ms={_ms(self.rtt.percentile(50))} rtt_p99_ms={_ms(self.rtt.percentile(99))}"
         )
+
+    def fields(self) -> dict[str, object]:
+        """The summary as JSON-ready fields (round-trip times in milliseconds, or null)."""
+        return {
+            "sent": self.sent,
+            "echoed": self.echoed,
+            "lost": self.lost,
+            "resent": self.resent,
+            "mismatched": self.mismatched,
+            "reconnects": self.reconnects,
+            "rtt_p50_ms": ms_or_none(self.rtt.percentile(50)),
+            "rtt_p99_ms": ms_or_none(self.rtt.percentile(99)),
+        }
 
 
 def _ms(seconds: float) -> str:
     return "nan" if math.isnan(seconds) else f"{seconds * 1000:.3f}"
+
+
+def ms_or_none(seconds: float) -> float | None:
+    """Seconds as milliseconds rounded to the microsecond; None for NaN (no sample)."""
+    return None if math.isnan(seconds) else round(seconds * 1000, 3)
 
 
 class EchoTracker:
@@ -111,6 +127,7 @@ class EchoTracker:
     def produce(self, kind: Kind, payload: bytes, now: float) -> Message:
         """Record a new message about to be sent for the first time."""
         self.stats.sent += 1
+        self.stats.unanswered += 1
         message = Message(self.stats.sent, kind, payload, now)
         self.pending.append(message)
         return message
@@ -130,6 +147,7 @@ class EchoTracker:
             self.stats.mismatched += 1
             return EchoResult(Match.UNEXPECTED, None, None)
         message = self.pending.popleft()
+        self.stats.unanswered -= 1
         if message.kind is not kind or message.payload != payload:
             self.stats.mismatched += 1
             return EchoResult(Match.MISMATCHED, message, None)

@@ -67,3 +67,45 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         when = when.replace(tzinfo=UTC)
     seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+class Attempts:
+    """Consecutive connection attempts since the last healthy connection.
+
+    Every handshake is an attempt, numbered from 1; an attempt whose connection then
+    proves healthy (it carried an echo, or stayed up ``Backoff.cap`` seconds) starts the
+    count and the back-off again. With a ``limit`` (RECONNECT_MAX_ATTEMPTS), the client
+    gives up once that many attempts in a row have failed; 0 means never.
+    """
+
+    def __init__(self, backoff: Backoff, limit: int = 0) -> None:
+        self.backoff = backoff
+        self.limit = limit
+        self.number = 0
+
+    def start(self) -> int:
+        """Count a new attempt; returns its number."""
+        self.number += 1
+        return self.number
+
+    @property
+    def exhausted(self) -> bool:
+        """The limit is reached: no further attempt may be made."""
+        return self.limit > 0 and self.number >= self.limit
+
+    def label(self) -> str:
+        """``3`` or ``3 of 5``, for log lines."""
+        return f"{self.number} of {self.limit}" if self.limit else str(self.number)
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        """The wait before the next attempt: the back-off, and never less than a
+        server's Retry-After (spread by up to 10 %)."""
+        delay = self.backoff.next_delay()
+        if retry_after is not None:
+            delay = max(delay, self.backoff.spread(retry_after))
+        return delay
+
+    def healthy(self) -> None:
+        """The last connection proved healthy: count and back-off start again."""
+        self.number = 0
+        self.backoff.reset()

@@ -1,0 +1,5 @@
+"""``python -m echo.client``: the same as ``echo-client``."""
+
+from echo.client.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""The client against nginx running deploy/nginx/echo.conf: the idle-timeout probe finds
+a short proxy_read_timeout, and nginx's own port-80 redirect is a real redirect."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests import nginx_support
+from tests.client_support import fast_client_env
+from tests.nginx_support import SITE_CONFIG, Nginx, ensure_nginx, render_site
+from tests.support import ServerProcess, free_port
+
+ServerStarter = Callable[..., ServerProcess]
+READ_TIMEOUT = 3.0  # seconds: proxy_read_timeout of the rendered config
+
+
+@dataclass
+class Site:
+    tls_port: int
+    plain_port: int
+    ca: Path
+
+    @property
+    def url(self) -> str:
+        return f"wss://127.0.0.1:{self.tls_port}/"
+
+
+@pytest.fixture
+def site(server_process: ServerStarter, tmp_path: Path) -> Iterator[Site]:
+    try:
+        binary = ensure_nginx()
+    except nginx_support.NginxUnavailable as error:
+        pytest.fail(str(error))
+    # The backends never ping (their heartbeat is an hour): the path's own timeout decides.
+    backends = [server_process(HEARTBEAT_INTERVAL="3600000") for _ in range(2)]
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca.cert_pem.write_to_path(str(pki / "ca.pem"))
+    issued.cert_chain_pems[0].write_to_path(str(pki / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(pki / "key.pem"))
+    tls_port, plain_port = free_port(), free_port()
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    rendered = render_site(
+        SITE_CONFIG.read_text(),
+        {
+            "server 127.0.0.1:8081 ": f"server 127.0.0.1:{backends[0].port} ",
+            "server 127.0.0.1:8082 ": f"server 127.0.0.1:{backends[1].port} ",
+            "listen 80;": f"listen 127.0.0.1:{plain_port};",
+            "listen [::]:80;": f"listen [::1]:{plain_port};",
+            "listen 443 ssl;": f"listen 127.0.0.1:{tls_port} ssl;",
+            "listen [::]:443 ssl;": f"listen [::1]:{tls_port} ssl;",
+            "/etc/letsencrypt/live/echo.example.com/fullchain.pem": str(pki / "cert.pem"),
+            "/etc/letsencrypt/live/echo.example.com/privkey.pem": str(pki / "key.pem"),
+            "/var/log/nginx/echo.access.log": str(prefix / "echo.access.log"),
+            "proxy_read_timeout 90s;": f"proxy_read_timeout {READ_TIMEOUT:g}s;",
+        },
+    )
+    nginx = Nginx(binary, prefix, rendered)
+    try:
+        nginx.start(tls_port)
+        yield Site(tls_port, plain_port, pki / "ca.pem")
+    finally:
+        nginx.stop()
+
+
+def client(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "echo.client", *args],
+        env=fast_client_env(**variables),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_idle_probe_finds_nginx_proxy_read_timeout_within_10_percent(
+    site: Site, tmp_path: Path
+) -> None:
+    result = client(
+        ["--probe-idle", "6000", "--json", site.url], tmp_path, TLS_CA_FILE=str(site.ca)
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    start = next(e for e in events if e["event"] == "probe_start")
+    assert start["max_s"] == 6.0
+    assert start["bound_s"] <= 4 * (6 + 5 + 10), "the bound is said up front"
+    verdict = next(e for e in events if e["event"] == "probe")
+    assert verdict["inconsistent"] is None
+    assert verdict["estimate_s"] == pytest.approx(READ_TIMEOUT, rel=0.10), verdict
+    assert verdict["longest_survived_s"] < READ_TIMEOUT <= verdict["first_cut_s"] * 1.10, verdict
+    assert verdict["first_cut_s"] - verdict["longest_survived_s"] <= 0.10 * READ_TIMEOUT
+    # nginx closes the connection at the timeout; it sends no WebSocket close frame.
+    assert "without a close frame (1006)" in verdict["how"], verdict
+    rounds = [e for e in events if e["event"] == "probe_round"]
+    assert 2 <= len(rounds) <= 4
+    assert rounds[0]["server_pings"] == 0
+
+
+def test_idle_probe_in_text_says_the_bound_and_the_result(site: Site, tmp_path: Path) -> None:
+    result = client(["--probe-idle", "1000", site.url], tmp_path, TLS_CA_FILE=str(site.ca))
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"probing the idle timeout of .* up to 1 s: 8 connections per round, at most 4 rounds, "
+        r"at most (\d+ min )?\d+ s in all",
+        result.stderr,
+    ), result.stderr
+    assert result.stdout == (
+        "idle probe: no cut up to 1 s: every connection idle that long survived (1.000 s)\n"
+    )
+
+
+def test_nginx_redirect_is_not_followed_by_default(site: Site, tmp_path: Path) -> None:
+    plain = f"ws://127.0.0.1:{site.plain_port}/"
+    result = client([plain, "--count", "1"], tmp_path)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"echo-client: the server at '{plain}' redirects (HTTP 301) to 'https://127.0.0.1/': "
+        "not followed; connect to that URL, or pass --follow-redirects"
+    )
+
+
+def test_a_followed_redirect_to_an_unreachable_place_says_so(site: Site, tmp_path: Path) -> None:
+    # nginx's port-80 server sends clients to https://$host/ (port 443): nothing there.
+    plain = f"ws://127.0.0.1:{site.plain_port}/"
+    result = client(
+        [plain, "--follow-redirects", "--max-attempts", "2"], tmp_path, TLS_CA_FILE=str(site.ca)
+    )
+    assert result.returncode == 1
+    assert re.search(
+        rf"redirected \(HTTP 301\) from {re.escape(plain)} to wss://127\.0\.0\.1/", result.stderr
+    )
+    assert re.search(
+        rf"cannot connect \(attempt 1 of 2\): 127\.0\.0\.1:443: .* \(redirected from "
+        rf"{re.escape(plain)}\); retrying in",
+        result.stderr,
+    ), result.stderr
