@@ -80,6 +80,14 @@ def tls_shutdown_timeout(settings: ServerSettings) -> float:
     return min(CLOSE_TIMEOUT, settings.handshake_timeout)
 
 
+def handler_options(settings: ServerSettings) -> dict[str, Any]:
+    """Keyword arguments for aiohttp's connection protocol (``web.RequestHandler``):
+    :func:`runner_options` without what only the runner takes."""
+    options = runner_options(settings)
+    del options["shutdown_timeout"]
+    return options
+
+
 def runner_options(settings: ServerSettings) -> dict[str, Any]:
     """Keyword arguments for aiohttp's runner that carry our settings to the HTTP layer.
 
@@ -255,21 +263,21 @@ class Listeners:
 
 
 async def listen(
-    runner: web.BaseRunner,
+    protocols: Callable[[], asyncio.Protocol],
     settings: ServerSettings,
     events: ListenerEvents,
     sockets: list[socket.socket] | None = None,
 ) -> Listeners:
-    """Serve ``runner``'s app on HOST:PORT, or on the given listening ``sockets``
-    (inherited from gunicorn's master), TLS if configured. Raises ListenError."""
+    """Serve the connections ``protocols`` makes (aiohttp's connection protocol for a
+    runner's app, as the engine wants it) on HOST:PORT, or on the given listening
+    ``sockets`` (inherited from gunicorn's master), TLS if configured, each behind a
+    Gate. Raises ListenError."""
     loop = asyncio.get_running_loop()
-    server = runner.server
-    assert server is not None, "runner.setup() first"
     timeout = settings.handshake_timeout
     limit = settings.max_message_size
 
     def gate() -> Gate:
-        return Gate(server(), loop, timeout, events, limit)
+        return Gate(protocols(), loop, timeout, events, limit)
 
     options: dict[str, Any] = {"backlog": BACKLOG}
     if settings.tls:
@@ -308,7 +316,8 @@ async def start(
     runner = engine.runner(app, handle_signals=False, **runner_options(settings))
     await runner.setup()
     try:
-        listeners = await listen(runner, settings, app[EVENTS_KEY], sockets)
+        protocols = engine.protocols(runner, handler_options(settings))
+        listeners = await listen(protocols, settings, app[EVENTS_KEY], sockets)
     except BaseException:
         await runner.cleanup()
         raise

@@ -161,9 +161,11 @@ async def test_the_handshake_deadline_is_the_gates_whatever_aiohttp_arms(
     settings = replace(TEST_SETTINGS, engine=engine_under_test(), handshake_timeout=0.4)
     app = create_app(settings)
     options = {**runner_options(settings), "keepalive_timeout": 60.0}
-    runner = app[ENGINE_KEY].runner(app, **options)
+    engine = app[ENGINE_KEY]
+    runner = engine.runner(app, **options)
     await runner.setup()
-    listeners = await listen(runner, settings, app[SERVER_KEY])
+    del options["shutdown_timeout"]
+    listeners = await listen(engine.protocols(runner, options), settings, app[SERVER_KEY])
     port = listeners.addresses[0][1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

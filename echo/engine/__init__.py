@@ -37,6 +37,7 @@ chosen engine for one app.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -151,6 +152,12 @@ class Engine(Protocol):
 
     def runner(self, app: web.Application, **options: Any) -> web.AppRunner:
         """The runner every process serves ``app`` with (aiohttp keyword ``options``)."""
+
+    def protocols(
+        self, runner: web.BaseRunner, options: dict[str, Any]
+    ) -> Callable[[], asyncio.Protocol]:
+        """The connection protocol factory echo.listeners serves ``runner``'s app with
+        (``options``: aiohttp's RequestHandler keyword arguments)."""
 
     def listening(self, runner: web.BaseRunner) -> None:
         """echo.listeners now serve ``runner`` (TCP_NODELAY is set on their sockets)."""

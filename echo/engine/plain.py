@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from echo import protocol
 from echo.engine import App, Connection
+from echo.httperrors import ErrorPages
 from echo.listeners import CLOSE_TIMEOUT, gate_of
 from echo.text import preview
 
@@ -276,6 +278,21 @@ class PlainEngine:
 
     def runner(self, app: web.Application, **options: Any) -> web.AppRunner:
         return web.AppRunner(app, **options)
+
+    def protocols(
+        self, runner: web.BaseRunner, options: dict[str, Any]
+    ) -> Callable[[], asyncio.Protocol]:
+        """aiohttp's connection protocol with error answers that quote nothing of the
+        request (echo.httperrors.ErrorPages: ``handle_error`` is aiohttp's public hook),
+        made as ``runner.server()`` makes it."""
+        server = runner.server
+        assert server is not None, "runner.setup() first"
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:
+            return ErrorPages(server, loop=loop, **options)
+
+        return protocol
 
     def listening(self, runner: web.BaseRunner) -> None:
         pass  # aiohttp sets TCP_NODELAY on each connection itself

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -149,6 +149,14 @@ class FastEngine:
 
     def runner(self, app: web.Application, **options: Any) -> web.AppRunner:
         return EchoRunner(app, **options)
+
+    def protocols(
+        self, runner: web.BaseRunner, options: dict[str, Any]
+    ) -> Callable[[], asyncio.Protocol]:
+        """Our runner's server makes EchoRequestHandler (echo.engine.fast.runner)."""
+        server = runner.server
+        assert server is not None, "runner.setup() first"
+        return server
 
     def listening(self, runner: web.BaseRunner) -> None:
         nodelay_on_listeners(runner)
