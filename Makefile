@@ -10,7 +10,7 @@ RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-runtime start dev client dev-client test soak lint compliance clean deploy-lint image-test
+.PHONY: help install install-runtime start dev client dev-client test test-oldest soak lint compliance clean deploy-lint image-test
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -46,6 +46,25 @@ dev-client: install ## the client, restarted when code in echo/ changes
 test: install ## the whole test suite
 	$(BIN)/python -m pytest
 
+# The plain engine's suites (ENGINE=plain), run by test-oldest on the oldest aiohttp and
+# gunicorn the dependency ranges in pyproject.toml allow, in a second virtual environment.
+OLDEST_VENV := .venv-oldest
+PLAIN_SUITES := tests/test_echo.py tests/test_lifecycle.py tests/test_admission.py \
+	tests/test_masking.py tests/test_listeners.py tests/test_metrics.py tests/test_deflate.py \
+	tests/test_logs.py tests/test_engines.py tests/test_framing.py tests/test_engine_contract.py \
+	tests/test_tls.py tests/test_workers.py tests/test_httpecho.py tests/reliability
+
+test-oldest: ## the plain engine's suites on the oldest aiohttp and gunicorn allowed (.venv-oldest)
+	aiohttp=$$(sed -n 's/.*"aiohttp>=\([0-9.]*\),.*/\1/p' pyproject.toml) && \
+	gunicorn=$$(sed -n 's/.*"gunicorn>=\([0-9.]*\),.*/\1/p' pyproject.toml) && \
+	$(PYTHON) -m venv $(OLDEST_VENV) && \
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip && \
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[dev]' \
+		"aiohttp==$$aiohttp" "gunicorn==$$gunicorn" && \
+	$(OLDEST_VENV)/bin/python -c "import aiohttp, gunicorn; \
+		print('aiohttp', aiohttp.__version__, 'gunicorn', gunicorn.__version__)" && \
+	ENGINE=plain $(OLDEST_VENV)/bin/python -m pytest $(PLAIN_SUITES)
+
 soak: install ## the reliability suite at its long scale (see docs/testing.md)
 	SOAK=1 $(BIN)/python -m pytest -m soak
 
@@ -57,8 +76,8 @@ lint: install ## ruff and mypy, both clean
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-clean: ## remove .venv, .venv-deploy and every cache and report
-	rm -rf $(VENV) $(DEPLOY_VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
+clean: ## remove .venv, .venv-deploy, .venv-oldest and every cache and report
+	rm -rf $(VENV) $(DEPLOY_VENV) $(OLDEST_VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 # The container image and the Kubernetes manifests (docs/container.md). Their linters
 # live in an environment of their own: checkov alone brings about a hundred packages.

@@ -61,6 +61,7 @@ T = TypeVar("T")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+ENGINES = ("auto", "plain", "fast")  # echo.engine: which engine moves the frames
 MAX_MESSAGE_COUNT = 10**12
 MAX_WORKERS = 64
 MAX_CLIENT_MESSAGE_SIZE = 1 << 30
@@ -301,6 +302,13 @@ SERVER_VARIABLES: tuple[Variable, ...] = (
         listed(parse_network, "an IP address or CIDR network"),
     ),
     variable(
+        "ENGINE",
+        "auto",
+        "what moves the frames: auto (fast where proven for the installed aiohttp, else "
+        "plain), plain (aiohttp's public API) or fast",
+        choice(*ENGINES),
+    ),
+    variable(
         "DRAIN_DELAY",
         "0",
         "ms to stay up after SIGTERM, not ready (/readyz 503) and refusing new "
@@ -376,6 +384,7 @@ class ServerSettings:
     trusted_proxies: tuple[Network, ...] = ()
     metrics: bool = True
     workers: int = 1
+    engine: str = "auto"
     drain_delay: float = 0.0
     instance_name: str = ""
     controls: bool = True

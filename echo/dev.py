@@ -47,12 +47,15 @@ STOP_GRACE = 15.0  # seconds adev gets to stop after Ctrl-C before it is killed
 def app_factory() -> web.Application:
     """App factory for ``adev runserver``: the same settings as ``echo-server``.
 
-    adev serves one process, so WORKERS is taken as 1 (/healthz says so too).
+    adev serves one process, so WORKERS is taken as 1 (/healthz says so too), on the
+    plain engine (ENGINE is ignored; /healthz says so too).
     """
-    from echo.server import create_app, log_settings  # echo.server imports nothing of this
+    from echo.listeners import log_settings
+    from echo.server import create_app  # echo.server imports nothing of this
 
     try:
-        settings = replace(ServerSettings.from_env(load_environment()), workers=1)
+        # adev serves with aiohttp's own runner and sites: the plain engine.
+        settings = replace(ServerSettings.from_env(load_environment()), workers=1, engine="plain")
     except ConfigError as error:
         print(f"echo-dev: {error}", file=sys.stderr)
         sys.exit(2)

@@ -2,9 +2,10 @@
 
 The echo path must stay cheap, so nothing here is a prometheus_client Counter bumped
 per message. Each connection keeps plain integers on its own record (see
-``echo.server.Connection``: messages and bytes each way, all types and binary only);
-the fast path and the echo loop add to them as they already did for the close log.
-When a connection ends its integers are added to the totals of closed connections
+``echo.engine.Traffic``: messages and bytes each way, all types and binary only); the
+engines add to them as they already do for the close log. When a connection ends its
+integers are added to the totals of closed connections, and its close codes (sent and
+received, the numbers its close log line shows) counted
 (:meth:`Metrics.connection_closed`). A scrape asks :class:`Metrics` (a custom
 ``Collector``) for its families, and it adds the live integers of the open connections
 to those totals. The message-size histogram is one shared list of bucket counts
@@ -14,15 +15,14 @@ received, which are counted anyway.
 Every app has its own :class:`prometheus_client.CollectorRegistry` (never the global
 one), with prometheus_client's process collector (memory, CPU, descriptors) beside it.
 
-Handshake timeouts happen below the application, in aiohttp's connection protocol; the
-connection protocol of echo.engine.fast.runner counts them here.
+Handshake timeouts happen below the application, at the listeners (echo.listeners),
+which report them to the server, which counts them here.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterator
-from typing import Protocol
 
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -36,6 +36,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from echo.engine import Connection, Traffic
 from echo.limits import Refusal
 
 HANDSHAKE_TIMEOUT = "handshake_timeout"
@@ -67,23 +68,6 @@ def code_label(code: int) -> str:
     if 3000 <= code <= 4999:
         return f"{code // 1000}xxx"
     return str(code)
-
-
-class Traffic(Protocol):
-    """A connection's counters, as ``echo.server.Connection`` keeps them.
-
-    ``messages_*`` and ``bytes_*`` count every data message; the ``binary_*`` ones
-    only binary messages, so text is the difference.
-    """
-
-    messages_in: int
-    bytes_in: int
-    messages_out: int
-    bytes_out: int
-    binary_in: int
-    binary_bytes_in: int
-    binary_out: int
-    binary_bytes_out: int
 
 
 _FIELDS = (
@@ -124,9 +108,15 @@ class Metrics(Collector):
         """One received data message of ``size`` bytes (the echo loop's slow path)."""
         self.sizes[bisect_left(self.bounds, size)] += 1
 
-    def connection_closed(self, traffic: Traffic) -> None:
-        """Fold a finished connection's counters into the totals (once per connection,
-        so spelled out: a loop of getattr costs twice as much)."""
+    def connection_closed(self, conn: Connection) -> None:
+        """Fold a finished connection's counters into the totals and count its close
+        codes (once per connection, so spelled out: a loop of getattr costs twice as
+        much)."""
+        if conn.close_sent is not None:
+            self.sent_close(conn.close_sent)
+        if conn.close_received is not None:
+            self.received_close(conn.close_received)
+        traffic = conn
         closed = self.closed
         closed["messages_in"] += traffic.messages_in
         closed["bytes_in"] += traffic.bytes_in

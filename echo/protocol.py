@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import re
+import zlib
+
+from aiohttp import WebSocketError
+
+from echo.text import preview
 
 # RFC 6455 section 7.4: codes a peer may put on the wire. 1004, 1005, 1006 and 1015
 # are reserved (1005/1006/1015 are for reporting only and must never be sent).
@@ -63,3 +68,18 @@ def select_subprotocol(offered: str | None, configured: tuple[str, ...]) -> tupl
         return next(((name,) for name in names if name in configured), ())
     first = names[0]
     return (first,) if SUBPROTOCOL_NAME.fullmatch(first) else ()
+
+
+def peer_fault(error: BaseException) -> str | None:
+    """What the peer did wrong, if ``error`` (as aiohttp's ``receive()`` reports it) is
+    the peer's protocol violation; None if it is not (our bug).
+
+    aiohttp raises WebSocketError for what its parser refuses (it has then closed with
+    1002, 1007 or 1009) and lets zlib.error through for a corrupt or over-terminated
+    permessage-deflate stream.
+    """
+    if isinstance(error, WebSocketError):
+        return preview(str(error), 120)
+    if isinstance(error, zlib.error):
+        return "invalid compressed data"
+    return None

@@ -59,3 +59,6 @@ class Readiness:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cut_short.wait(), delay)
+
+
+READINESS_KEY = web.AppKey("echo_readiness", Readiness)  # set by echo.server.create_app

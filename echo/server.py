@@ -1,8 +1,10 @@
-"""The WebSocket echo server: admission (origin, limits), the echo loop, health, shutdown.
+"""The WebSocket echo server: admission (origin, limits), health, logging, shutdown.
 
 ``create_app(settings)`` builds the :class:`aiohttp.web.Application`; ``main()`` is the
 ``echo-server`` console script, which reads the settings from the environment and
-serves until SIGTERM or SIGINT.
+serves until SIGTERM or SIGINT. Moving the frames is an engine's job (echo.engine, the
+seam): this module admits a connection, hands it to the engine, and books it when the
+engine says it is over.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import hdrs, web
 
-from echo import admission, protocol
+from echo import admission
 from echo.admission import OriginPolicy
 from echo.cli import command_line
 from echo.config import (
@@ -31,29 +32,34 @@ from echo.config import (
     load_environment,
 )
 from echo.controls import ControlError, ControlRules, Controls, has_query
-from echo.engine.fast.fastpath import EchoResponse
-from echo.engine.fast.heartbeat import Heartbeat
-from echo.engine.fast.runner import EchoRunner, nodelay_on_listeners
-from echo.engine.fast.sites import TLSSite
+from echo.engine import (
+    ENGINE_KEY,
+    Connection,
+    Engine,
+    EngineUnavailable,
+    Handle,
+    Sizes,
+    build,
+    choose,
+)
 from echo.eventloop import loop_factory
 from echo.httpecho import add_http_echo, is_upgrade, wants_json
 from echo.info import InfoBuilder, Instance
 from echo.limits import ConnectionLimiter, Refusal
+from echo.listeners import EVENTS_KEY, ListenError, announce, start
 from echo.logs import clip, configure_logging, event
-from echo.metrics import Metrics, add_metrics
+from echo.metrics import HANDSHAKE_TIMEOUT, Metrics, add_metrics
 from echo.origins import Origin, own_origin
 from echo.page import PAGE_KEY, PageOptions, add_page
+from echo.protocol import ABNORMAL_CLOSURE, GOING_AWAY
 from echo.proxies import TrustedProxies
-from echo.readiness import Readiness
+from echo.readiness import READINESS_KEY, Readiness
 from echo.text import preview
-from echo.tls import server_context
 
 log = logging.getLogger("echo.server")
 
 RETRY_AFTER_SECONDS = 1
-CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close frame after sending ours
 SHUTDOWN_MESSAGE = b"server shutting down"
-BACKLOG = 1024  # pending connections the kernel queues for us
 
 _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
     Refusal.ORIGIN: (403, "origin not allowed"),
@@ -67,55 +73,29 @@ _REFUSAL_STATUS: dict[Refusal, tuple[int, str]] = {
 _LIMIT_DETAIL = {Refusal.LIMIT: "MAX_CONNECTIONS", Refusal.PER_IP_LIMIT: "MAX_CONNECTIONS_PER_IP"}
 
 
-@dataclass(slots=True)
-class Connection:
-    """Book-keeping for one open WebSocket, reported when it closes.
-
-    ``messages_*`` and ``bytes_*`` count data messages of both types; the ``binary_*``
-    counters are kept only with metrics on (echo.metrics reports text as the difference).
-    """
-
-    id: str
-    remote: str
-    opened: float = field(default_factory=time.monotonic)
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    binary_in: int = 0
-    binary_bytes_in: int = 0
-    binary_out: int = 0
-    binary_bytes_out: int = 0
-    closer: asyncio.Task[bool] | None = None
-    serving: asyncio.Future[None] | None = None  # a detached connection's serve task
-    # Set while detached (EchoResponse.detach): what wake() and ended() act on. Two
-    # bound methods cost a third of two functools.partial objects per connection.
-    server: EchoServer | None = None
-    ws: EchoResponse | None = None
-
-    def wake(self) -> None:
-        if self.server is not None and self.ws is not None:
-            self.server._wake(self.ws, self)
-
-    def ended(self) -> None:
-        if self.server is not None and self.ws is not None:
-            self.server._ended(self.ws, self)
+def asks_for_websocket(request: web.BaseRequest) -> bool:
+    """Whether ``request`` asks to be upgraded to a WebSocket (Upgrade: websocket)."""
+    return request.headers.get(hdrs.UPGRADE, "").strip().lower() == "websocket"
 
 
 class EchoServer:
-    """Request handlers and the state they share: settings, limiter, open connections."""
+    """Request handlers and the state they share: settings, limiter, open connections.
 
-    def __init__(self, settings: ServerSettings) -> None:
+    It is the application side of the seam (echo.engine.App) and of the listeners
+    (echo.listeners.ListenerEvents).
+    """
+
+    def __init__(self, settings: ServerSettings, engine: Engine) -> None:
         self.settings = settings
+        self.engine = engine
         self.limiter = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
-        self.connections: dict[web.WebSocketResponse, Connection] = {}
+        self.connections: dict[Handle, Connection] = {}
         self.started = time.monotonic()
         self._ids = itertools.count(1)
         # Workers share one log: their connection ids carry the process id (w1234-c1).
         self._id_prefix = "c" if settings.workers == 1 else f"w{os.getpid()}-c"
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.origins = OriginPolicy(settings)
-        self.heartbeat = Heartbeat(settings.heartbeat_interval)
         self.readiness = Readiness()
         self.metrics = (
             Metrics(self.connections.values, settings.max_message_size)
@@ -128,6 +108,11 @@ class EchoServer:
         self.control_rules = ControlRules(
             settings.controls, settings.max_message_size, settings.push_max_rate
         )
+
+    @property
+    def sizes(self) -> Sizes | None:
+        """The message-size histogram the engines count in (None without metrics)."""
+        return self.metrics
 
     # -- HTTP routes ------------------------------------------------------------------
 
@@ -145,11 +130,9 @@ class EchoServer:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         """A WebSocket upgrade, on any path.
 
-        Admission (origin, test controls, limits), upgrade, then (under
-        echo.engine.fast.runner's protocol) the connection is detached and this
-        returns: the fast path echoes, ``_wake`` serves what it cannot, ``_ended``
-        books the end (echo.engine.fast.fastpath). Under aiohttp's own protocol
-        (adev's dev server) it serves until the connection ends.
+        Admission (origin, test controls, limits), then the engine upgrades and serves
+        the connection (the fast engine returns once it is detached, the plain one once
+        it is over).
         """
         origins = request.headers.getall(hdrs.ORIGIN, ())
         origin = origins[0] if origins else None
@@ -176,54 +159,25 @@ class EchoServer:
                     status=controls.status,
                     retry_after=controls.retry_after,
                 )
+        if request.body_exists:
+            # No body has a meaning on a WebSocket handshake (a GET), and the bytes after
+            # it could be neither HTTP nor frames (echo.framing).
+            raise web.HTTPBadRequest(text="a WebSocket upgrade request has no body\n")
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
             return self.refuse(request, refusal, origin, _LIMIT_DETAIL[refusal] + " reached")
+        conn = Connection(
+            id=f"{self._id_prefix}{next(self._ids)}",
+            remote=remote,
+            origin=origin,
+            controls=controls,
+        )
         try:
-            ws = EchoResponse(
-                protocols=protocol.select_subprotocol(
-                    request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL), self.settings.subprotocols
-                ),
-                autoping=True,
-                autoclose=False,
-                heartbeat=self.heartbeat,
-                compress=self.settings.compression,
-                # aiohttp refuses a plain frame of exactly max_msg_size bytes but
-                # accepts one byte more when decompressing; serve() checks the rest.
-                max_msg_size=self.settings.max_message_size + 1,
-                decode_text=False,
-                timeout=CLOSE_TIMEOUT,
-                metrics=self.metrics,
-            )
-            await ws.prepare(request)
-        except BaseException:
-            self.limiter.release(remote)
-            raise
-        conn = Connection(id=f"{self._id_prefix}{next(self._ids)}", remote=remote)
-        self.connections[ws] = conn
-        if self.metrics is not None:
-            self.metrics.connections_total += 1
-        if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
-            log.info(
-                "open id=%s remote=%s origin=%s",
-                conn.id,
-                remote,
-                "-" if origin is None else preview(origin),
-                extra=event("open", conn=conn.id, remote=remote, origin=clip(origin)),
-            )
-        if not log.isEnabledFor(logging.DEBUG):  # at debug, serve() logs every message
-            ws.start_echo(conn, self.settings.max_message_size)
-        if ws.detachable:
-            conn.server, conn.ws = self, ws
-            ws.detach(wake=conn.wake, ended=conn.ended)
-            return ws
-        # aiohttp's own connection protocol (adev's dev server): serve until the end.
-        try:
-            await self._serve_guarded(ws, conn, until_idle=False)
+            return await self.engine.accept(request, conn, self)
         finally:
-            self._ended(ws, conn)
-        return ws
+            if not conn.upgraded:  # the upgrade failed: ended() will not give it back
+                self.limiter.release(remote)
 
     async def healthz(self, request: web.Request) -> web.Response:
         health: dict[str, object] = {
@@ -234,6 +188,7 @@ class EchoServer:
             # With WORKERS > 1 every figure above is this process's own.
             "pid": os.getpid(),
             "workers": self.settings.workers,
+            "engine": self.engine.name,
         }
         if self.settings.instance_name:
             health["instance"] = self.settings.instance_name
@@ -292,139 +247,123 @@ class EchoServer:
         body = f"{text}: {detail}\n" if explained else text + "\n"
         return web.Response(status=status, text=body, headers=headers)
 
-    def _wake(self, ws: EchoResponse, conn: Connection) -> None:
-        """A detached connection's queue holds a message or error: serve it in a task."""
-        if conn.serving is None and not ws.closed:
-            conn.serving = asyncio.ensure_future(self._serve_guarded(ws, conn, until_idle=True))
+    # -- what the engines report (echo.engine.App, echo.listeners.ListenerEvents) -------
 
-    async def _serve_guarded(
-        self, ws: web.WebSocketResponse, conn: Connection, *, until_idle: bool
-    ) -> None:
-        try:
-            await self.serve(ws, conn, until_idle=until_idle)
-        except ConnectionError:
-            pass  # the peer vanished mid-send: an abnormal closure, not our fault
-        except Exception:
-            log.exception(
-                "error id=%s; closing with 1011",
+    def opened(self, handle: Handle, conn: Connection) -> None:
+        """The engine upgraded ``conn``: it counts as open until :meth:`ended`."""
+        conn.upgraded = True
+        self.connections[handle] = conn
+        if self.metrics is not None:
+            self.metrics.connections_total += 1
+        if log.isEnabledFor(logging.INFO):  # spare the preview when not logged
+            origin = conn.origin
+            log.info(
+                "open id=%s remote=%s origin=%s",
                 conn.id,
-                extra=event("error", conn=conn.id, remote=conn.remote),
+                conn.remote,
+                "-" if origin is None else preview(origin),
+                extra=event("open", conn=conn.id, remote=conn.remote, origin=clip(origin)),
             )
-            await ws.close(code=protocol.INTERNAL_ERROR, message=b"internal error")
-        finally:
-            conn.serving = None
 
-    def _ended(self, ws: EchoResponse, conn: Connection) -> None:
+    def ended(self, handle: Handle, conn: Connection) -> None:
         """The connection is over: give back its slot, count it, log it."""
-        ws.release()
-        conn.server = conn.ws = None
-        del self.connections[ws]
+        del self.connections[handle]
         if self.metrics is not None:
             self.metrics.connection_closed(conn)
-        self._log_closed(ws, conn)
+        self._log_closed(conn)
         self.limiter.release(conn.remote)
 
-    async def serve(
-        self, ws: web.WebSocketResponse, conn: Connection, *, until_idle: bool = False
-    ) -> None:
-        """Echo every data message back as it came, until the connection ends, or with
-        ``until_idle`` until nothing waits in the queue (a detached connection).
+    def peer_error(self, conn: Connection, what: str) -> None:
+        """The peer broke the protocol; the engine has closed with the code for it."""
+        log.info("protocol error id=%s: %s", conn.id, what)
 
-        Plain messages are echoed by the parser's queue (echo.engine.fast.fastpath) as they
-        arrive; this loop handles what that path hands on, and every message at debug
-        level, where each is logged.
+    def internal_error(self, conn: Connection, error: BaseException) -> None:
+        """Our bug while serving ``conn``; the engine closes it with 1011."""
+        log.error(
+            "error id=%s; closing with 1011",
+            conn.id,
+            exc_info=error,
+            extra=event("error", conn=conn.id, remote=conn.remote),
+        )
+
+    def describe(
+        self, request: web.BaseRequest, conn: Connection, response: web.WebSocketResponse
+    ) -> dict[str, Any]:
+        """The ``info`` control's first message (echo.info)."""
+        controls = conn.controls
+        return self.info.describe(
+            request,
+            connection=conn.id,
+            response=response,
+            controls=None if controls is None else controls.describe(),
+        )
+
+    def client_certificate_refused(self, reason: str) -> None:
+        """mTLS: a TLS handshake failed on the client's certificate (the client has had
+        its TLS alert): counted and logged as a refusal. The TLS layer does not say
+        which peer it was."""
+        if self.metrics is not None:
+            self.metrics.refusal(Refusal.CLIENT_CERTIFICATE.value)
+        log.info(
+            "refused remote=- origin=- reason=%s (%s)",
+            Refusal.CLIENT_CERTIFICATE.value,
+            preview(reason, 60),
+            extra=event(
+                "refused",
+                remote=None,
+                origin=None,
+                reason=Refusal.CLIENT_CERTIFICATE.value,
+                detail=clip(reason, 60),
+            ),
+        )
+
+    def handshake_timeout(self) -> None:
+        """A connection sent no complete request within HANDSHAKE_TIMEOUT."""
+        if self.metrics is not None:
+            self.metrics.refusal(HANDSHAKE_TIMEOUT)
+
+    def _log_closed(self, conn: Connection) -> None:
+        """The close line: the codes sent and received, as /metrics counts them.
+
+        ``code`` is the first close frame's (whoever sent it), 1006 if neither side
+        sent one; ``sent`` and ``received`` are each side's (1005: a frame without a
+        code; - or null: none).
         """
-        receive = ws.receive
-        send_frame = ws.send_frame
-        debug = log.isEnabledFor(logging.DEBUG)
-        limit = self.settings.max_message_size
-        metrics = self.metrics
-        binary = WSMsgType.BINARY
-        while True:
-            if until_idle and isinstance(ws, EchoResponse) and not ws.pending:
-                return
-            msg = await receive()
-            kind = msg.type
-            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                data: bytes = msg.data
-                if kind is WSMsgType.TEXT and not protocol.is_utf8(data):
-                    await ws.close(code=protocol.INVALID_PAYLOAD, message=b"invalid UTF-8")
-                    return
-                if len(data) > limit:
-                    log.info(
-                        "protocol error id=%s: message of %d bytes over limit", conn.id, len(data)
-                    )
-                    await ws.close(code=protocol.MESSAGE_TOO_BIG, message=b"message too big")
-                    return
-                conn.messages_in += 1
-                conn.bytes_in += len(data)
-                if metrics is not None:
-                    metrics.observe(len(data))
-                    if kind is binary:
-                        conn.binary_in += 1
-                        conn.binary_bytes_in += len(data)
-                if debug:
-                    log.debug(
-                        "message id=%s %s %d bytes %s",
-                        conn.id,
-                        kind.name.lower(),
-                        len(data),
-                        preview(data, 60),
-                    )
-                await send_frame(data, kind)
-                conn.messages_out += 1
-                conn.bytes_out += len(data)
-                if metrics is not None and kind is binary:
-                    conn.binary_out += 1
-                    conn.binary_bytes_out += len(data)
-            elif kind is WSMsgType.CLOSE:
-                # The peer closes its end next: no point waiting for our frame to drain
-                # (aiohttp's own autoclose does the same).
-                await ws.close(code=protocol.close_reply(msg.data), drain=False)
-                return
-            elif kind is WSMsgType.ERROR:
-                # aiohttp has already sent the matching close code (1002, 1007, 1009).
-                log.info("protocol error id=%s: %s", conn.id, preview(str(msg.data)))
-                return
-            else:  # CLOSING (we are shutting down) or CLOSED (the transport went away)
-                if conn.closer is not None:
-                    await asyncio.shield(conn.closer)
-                return
-
-    def _log_closed(self, ws: web.WebSocketResponse, conn: Connection) -> None:
         if not log.isEnabledFor(logging.INFO):  # spare building the event per connection
             return
-        code = ws.close_code if ws.close_code is not None else protocol.ABNORMAL_CLOSURE
+        code = conn.close_code if conn.close_code is not None else ABNORMAL_CLOSURE
         duration = time.monotonic() - conn.opened
+        # The test controls it asked for, percent-encoded (echo.controls): plain ASCII.
+        controls = None if conn.controls is None else conn.controls.describe()
         log.info(
-            "close id=%s code=%s duration=%.3fs in=%d/%dB out=%d/%dB",
+            "close id=%s code=%s sent=%s received=%s duration=%.3fs in=%d/%dB out=%d/%dB%s",
             conn.id,
             code,
+            "-" if conn.close_sent is None else conn.close_sent,
+            "-" if conn.close_received is None else conn.close_received,
             duration,
             conn.messages_in,
             conn.bytes_in,
             conn.messages_out,
             conn.bytes_out,
+            "" if controls is None else f" controls={controls}",
             extra=event(
                 "close",
                 conn=conn.id,
                 remote=conn.remote,
                 code=code,
+                sent=conn.close_sent,
+                received=conn.close_received,
                 duration=round(duration, 3),
                 messages_in=conn.messages_in,
                 bytes_in=conn.bytes_in,
                 messages_out=conn.messages_out,
                 bytes_out=conn.bytes_out,
+                controls=controls,
             ),
         )
 
     # -- lifecycle --------------------------------------------------------------------
-
-    async def beating(self, _app: web.Application) -> AsyncIterator[None]:
-        """Cleanup context: the shared heartbeat timer runs while the app serves."""
-        self.heartbeat.start()
-        yield
-        self.heartbeat.stop()
 
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
@@ -433,15 +372,13 @@ class EchoServer:
             return
         count = len(self.connections)
         log.info("shutdown: closing %d connection(s)", count, extra=event("shutdown", open=count))
-        closers = []
-        for ws, conn in list(self.connections.items()):
-            conn.closer = asyncio.ensure_future(
-                ws.close(code=protocol.GOING_AWAY, message=SHUTDOWN_MESSAGE)
-            )
-            closers.append(conn.closer)
+        closers = [
+            asyncio.ensure_future(handle.close(code=GOING_AWAY, message=SHUTDOWN_MESSAGE))
+            for handle in list(self.connections)
+        ]
         _done, pending = await asyncio.wait(closers, timeout=self.settings.shutdown_timeout)
         for task in pending:
-            task.cancel()  # aiohttp aborts the transport when its close is cancelled
+            task.cancel()
         if pending:
             log.warning(
                 "shutdown: %d connection(s) did not close in time",
@@ -450,33 +387,44 @@ class EchoServer:
             )
 
 
-class ListenError(RuntimeError):
-    """The listening socket could not be opened (address in use, no permission)."""
-
-
 SERVER_KEY = web.AppKey("echo_server", EchoServer)
 SERVER_SOFTWARE = "echo"  # the Server header of every response: no versions
 
 
-async def hide_versions(_request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: name no Python or aiohttp version in ``Server``.
+async def response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: what every response carries, on any engine.
 
-    aiohttp sets ``Server: Python/3.x aiohttp/3.y`` unless the header is already there
-    when the response is prepared, which is when this runs. A 101 is the engine's: the
-    fast path's carries only the handshake's headers.
+    No Python or aiohttp version in ``Server`` (aiohttp sets ``Python/3.x aiohttp/3.y``
+    unless the header is there when the response is prepared, which is when this runs).
+    A 101 carries only the handshake's headers: no Server, no Date (optional on 1xx,
+    RFC 9110 6.6.1); the fast engine adds neither, the plain one's are taken off here.
+    A request that asked for a WebSocket and was answered otherwise ends its
+    connection: what the client sent after it may be frames, never HTTP (echo.framing).
     """
-    if response.status != 101:
-        response.headers[hdrs.SERVER] = SERVER_SOFTWARE
+    headers = response.headers
+    if response.status == 101:
+        headers.popall(hdrs.SERVER, None)
+        headers.popall(hdrs.DATE, None)
+        return
+    headers[hdrs.SERVER] = SERVER_SOFTWARE
+    if asks_for_websocket(request):
+        response.force_close()
+        headers[hdrs.CONNECTION] = "close"
 
 
 def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web.Application:
     """Build the application for ``settings``; the EchoServer is at ``app[SERVER_KEY]``.
 
-    ``page`` says how the browser console at ``GET /`` is served (see echo.page).
+    ``page`` says how the browser console at ``GET /`` is served (see echo.page). The
+    engine is ENGINE's (echo.engine.choose; ``auto`` warns here if it falls back).
     """
-    server = EchoServer(settings)
+    engine = build(choose(settings.engine, warn=log.warning), settings)
+    server = EchoServer(settings, engine)
     app = web.Application(client_max_size=settings.max_message_size)
     app[SERVER_KEY] = server
+    app[ENGINE_KEY] = engine
+    app[EVENTS_KEY] = server
+    app[READINESS_KEY] = server.readiness
     app.router.add_get("/", server.root)
     add_page(app, page)
     app.router.add_get("/healthz", server.healthz)
@@ -490,9 +438,9 @@ def create_app(settings: ServerSettings, page: PageOptions | None = None) -> web
         info=server.info,
         websocket=server.websocket,
     )
-    app.cleanup_ctx.append(server.beating)
+    engine.install(app)
     app.on_shutdown.append(server.shutdown)
-    app.on_response_prepare.append(hide_versions)
+    app.on_response_prepare.append(response_headers)
     return app
 
 
@@ -503,119 +451,28 @@ def dev_app() -> web.Application:
     return app_factory()
 
 
-def runner_options(settings: ServerSettings) -> dict[str, Any]:
-    """Keyword arguments for aiohttp's runner that carry our settings to the HTTP layer.
-
-    aiohttp arms its keep-alive timer when a connection is accepted and fires it only
-    while no complete request has arrived, so it doubles as the handshake timeout: a
-    client that drips its upgrade request is cut off after HANDSHAKE_TIMEOUT; the
-    runner of make_runner (echo.engine.fast.runner.EchoRunner) counts those cut-offs.
-
-    TCP keep-alive (SO_KEEPALIVE, first probe after two idle hours by default) is
-    left off: the handshake timeout bounds idle HTTP connections and the heartbeat
-    idle WebSockets, much sooner; setting it cost a system call per connection.
-    """
-    return {
-        "access_log": None,
-        "tcp_keepalive": False,
-        "keepalive_timeout": settings.handshake_timeout,
-        "shutdown_timeout": settings.shutdown_timeout,
-    }
-
-
-def make_runner(app: web.Application, settings: ServerSettings) -> web.AppRunner:
-    """The runner every process serves ``app`` with: the single one, or each worker.
-
-    An EchoRunner: /metrics counts handshake timeouts, and once the sites are started
-    ``nodelay_on_listeners`` spares a system call per connection (echo.engine.fast.runner).
-    """
-    return EchoRunner(app, handle_signals=False, **runner_options(settings))
-
-
-def log_listening(settings: ServerSettings, host: str, port: int) -> None:
-    """The "listening on" line, once per bound address (tests and people read the port).
-
-    Its URL is one a person can open: ``localhost`` for the wildcard addresses
-    (0.0.0.0, ::), which no browser can connect to.
-    """
-    everywhere = host in ("0.0.0.0", "::")
-    shown = "localhost" if everywhere else f"[{host}]" if ":" in host else host
-    http, ws = ("https", "wss") if settings.tls else ("http", "ws")
-    log.info(
-        "listening on %s://%s:%d/ (WebSocket %s://%s:%d/)%s",
-        http,
-        shown,
-        port,
-        ws,
-        shown,
-        port,
-        f"; all interfaces ({host})" if everywhere else "",
-        extra=event("listening", url=f"{http}://{shown}:{port}/", tls=settings.tls, address=host),
-    )
-
-
-def announce(settings: ServerSettings, addresses: list[tuple[str, int]]) -> None:
-    """Once listening: the settings line, then a "listening on" line per address.
-
-    Not before: a server that cannot listen says only that, in one line.
-    """
-    log_settings(settings)
-    for host, port in addresses:
-        log_listening(settings, host, port)
-
-
-def log_settings(settings: ServerSettings, omit: tuple[str, ...] = ()) -> None:
-    """One line with every setting in effect (secrets hidden; file names, not contents)."""
-    pairs = [(name, value) for name, value in settings.effective() if name not in omit]
-    log.info(
-        "settings %s",
-        " ".join(f"{name}={value}" for name, value in pairs),
-        extra=event("settings", **dict(pairs)),
-    )
-
-
-async def start_site(runner: web.AppRunner, settings: ServerSettings) -> None:
-    """Listen on HOST:PORT (TLS if configured) and serve ``runner``'s app there."""
-    site: web.TCPSite
-    if settings.tls:
-        context = server_context(
-            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-        )
-        site = TLSSite(
-            runner,
-            settings.host,
-            settings.port,
-            ssl_context=context,
-            handshake_timeout=settings.handshake_timeout,
-            backlog=BACKLOG,
-        )
-    else:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=BACKLOG)
-    try:
-        await site.start()
-    except OSError as error:
-        where = f"{settings.host}:{settings.port}"
-        raise ListenError(f"cannot listen on {where}: {error.strerror or error}") from None
-    nodelay_on_listeners(runner)
+def resolve_engine(settings: ServerSettings) -> ServerSettings:
+    """``settings`` with ENGINE resolved to the engine that will run (plain or fast):
+    one warning line if ``auto`` falls back. Raises EngineUnavailable."""
+    return replace(settings, engine=choose(settings.engine, warn=log.warning))
 
 
 async def serve_until_signal(settings: ServerSettings) -> None:
     """Run the app on HOST:PORT until SIGTERM or SIGINT, then shut down gracefully:
     drain for DRAIN_DELAY (a second signal cuts it short), then close (echo.readiness)."""
     app = create_app(settings)
-    runner = make_runner(app, settings)
-    await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    runner, listeners = await start(app, settings)
     try:
-        await start_site(runner, settings)
-        announce(settings, [(address[0], address[1]) for address in runner.addresses])
+        announce(settings, [(address[0], address[1]) for address in listeners.addresses])
         await stop.wait()
         log.info("signal received, shutting down", extra=event("signal"))
         stop.clear()
         await app[SERVER_KEY].readiness.drain(settings.drain_delay, cut_short=stop)
+        listeners.close()
     finally:
         await runner.cleanup()
 
@@ -642,10 +499,15 @@ def main(argv: list[str] | None = None) -> None:
     for warning in warnings:
         log.warning("%s", warning, extra=event("config_warning", warning=warning))
     try:
+        settings = resolve_engine(settings)
+    except EngineUnavailable as error:
+        print(f"echo-server: {error}", file=sys.stderr)
+        sys.exit(2)
+    try:
         if settings.workers > 1:
             from echo.workers import serve_with_workers  # gunicorn is loaded only here
 
-            serve_with_workers(settings)
+            serve_with_workers(settings, create_app)
         else:
             with asyncio.Runner(loop_factory=loop_factory()) as runner:
                 runner.run(serve_until_signal(settings))
@@ -661,8 +523,4 @@ directory (the environment wins). Durations are in milliseconds."""
 
 
 if __name__ == "__main__":
-    # Run main() of the module as imported, not of this __main__ copy: echo.workers
-    # imports echo.server, and the ListenError it raises must be the one main() catches.
-    from echo import server
-
-    server.main()
+    main()

@@ -1,8 +1,11 @@
 """WORKERS > 1: the same port served by several processes, run by gunicorn.
 
 gunicorn's arbiter (the master) forks WORKERS processes of :class:`EchoWorker`, a
-subclass of aiohttp's ``GunicornUVLoopWebWorker``; each builds its own app with
-``echo.server.create_app`` and accepts from the listening sockets the master opened. The
+worker on gunicorn's documented worker interface (``gunicorn.workers.base.Worker``:
+``init_process``, ``run``, ``notify``, ``alive``, ``sockets``); each builds its own app
+with the app factory it is given (``echo.server.create_app``) and serves it on
+echo.listeners' listeners from the sockets the master opened, as the single process
+does (same engine, gate, TLS bounds). The
 master restarts a worker that dies, and on SIGTERM or SIGINT it closes the listening
 sockets and signals every worker, which closes its WebSockets with 1001 as the single
 process does; it exits 0 once they are all gone (see :func:`graceful_timeout`).
@@ -15,27 +18,30 @@ process, and /healthz (with its "pid") describes the process that answered.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
 import queue
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.worker import GunicornUVLoopWebWorker, GunicornWebWorker
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
+from gunicorn.workers.base import Worker
 
 from echo.config import ServerSettings
-from echo.engine.fast.runner import nodelay_on_listeners
-from echo.engine.fast.sites import ListenerSite
 from echo.eventloop import loop_factory
+from echo.listeners import BACKLOG, ListenError, announce, start
 from echo.logs import event
-from echo.server import BACKLOG, SERVER_KEY, ListenError, announce, create_app, make_runner
-from echo.tls import server_context
+from echo.readiness import READINESS_KEY
+
+AppFactory = Callable[[ServerSettings], web.Application]
 
 log = logging.getLogger("echo.workers")
 
@@ -47,12 +53,11 @@ DEFAULT_TIMEOUT = 30  # gunicorn's: a worker silent this long is killed and repl
 def graceful_timeout(settings: ServerSettings) -> int:
     """How long the master waits for its workers after SIGTERM before killing them.
 
-    A worker first drains (DRAIN_DELAY), then its aiohttp runner closes the WebSockets
-    (at most SHUTDOWN_TIMEOUT) and waits for its other handlers (at most
-    SHUTDOWN_TIMEOUT again), as the single process does; a little more lets it exit on
-    its own. gunicorn counts whole seconds.
+    A worker's aiohttp runner first closes the WebSockets (at most SHUTDOWN_TIMEOUT),
+    then waits for its other handlers (at most SHUTDOWN_TIMEOUT again), as the single
+    process does; a little more lets it exit on its own. gunicorn counts whole seconds.
     """
-    return math.ceil(settings.drain_delay + 2 * settings.shutdown_timeout + EXIT_MARGIN)
+    return math.ceil(2 * settings.shutdown_timeout + EXIT_MARGIN)
 
 
 def bind_sockets(settings: ServerSettings) -> list[socket.socket]:
@@ -101,25 +106,24 @@ class EchoLogger(GunicornLogger):  # type: ignore[misc]
             logger.propagate = True
 
 
-class EchoWorker(GunicornUVLoopWebWorker):
-    """One worker process: echo's app with the single process's HTTP-layer settings.
+class EchoWorker(Worker):  # type: ignore[misc]
+    """One worker process: echo's app, served as the single process serves it.
 
-    ``_run`` mirrors ``GunicornWebWorker._run`` of aiohttp 3.14 (the version pinned in
-    pyproject.toml) with these changes: the runner is the single process's
-    (``echo.server.make_runner``: no access log, HANDSHAKE_TIMEOUT as keep-alive
-    timeout, SHUTDOWN_TIMEOUT) instead of one from gunicorn's settings, the sites
-    serve TLS with echo's context and handshake timeout, ``max_requests`` is left out
-    (never set here), and a stop signal that came while the worker booted is acted on
-    (see ``init_signals``), and SIGTERM drains (DRAIN_DELAY) before the shutdown.
+    ``run`` serves on an event loop of its own (uvloop where installed) until gunicorn
+    says stop (``alive``), ticking gunicorn's liveness check once a second; a stop
+    signal that came while the worker booted is acted on (see ``init_signals``), and
+    SIGTERM drains (DRAIN_DELAY) before the shutdown.
     """
 
+    exit_code = 0
     quick_stop = False  # SIGINT or SIGQUIT: gunicorn allows two seconds, no drain
 
     def init_process(self) -> None:
-        if loop_factory() is None:  # no uvloop on this interpreter: asyncio's own loop
-            GunicornWebWorker.init_process(self)
-        else:
-            super().init_process()
+        factory = loop_factory()
+        self.loop = asyncio.new_event_loop() if factory is None else factory()
+        asyncio.set_event_loop(self.loop)
+        self._wake: asyncio.Event | None = None
+        super().init_process()  # signals, the app (load_wsgi), then run()
 
     @property
     def settings(self) -> ServerSettings:
@@ -127,58 +131,87 @@ class EchoWorker(GunicornUVLoopWebWorker):
         assert isinstance(app, EchoApplication)
         return app.settings
 
-    async def _run(self) -> None:
+    def run(self) -> None:
+        # gunicorn set booted before run(); the real boot (runner, listeners) is in
+        # _serve, and an exit before it is done is a boot failure to the arbiter.
+        self.booted = False
+        try:
+            self.loop.run_until_complete(self._serve())
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+        sys.exit(self.exit_code)
+
+    async def _serve(self) -> None:
+        self._wake = asyncio.Event()
         self._stop_if_signalled_early()
         settings = self.settings
         app = self.wsgi
         assert isinstance(app, web.Application)
-        runner = make_runner(app, settings)
-        await runner.setup()
-        context = None
-        if settings.tls:
-            context = server_context(settings.tls_cert_file, settings.tls_key_file)
-        for listener in self.sockets:
-            site = ListenerSite(
-                runner,
-                listener.sock,
-                ssl_context=context,
-                handshake_timeout=settings.handshake_timeout,
-                backlog=BACKLOG,
-            )
-            await site.start()
-        nodelay_on_listeners(runner, [listener.sock for listener in self.sockets])
-        # Serving: from here an exit is not a boot failure (see aiohttp's run()).
+        sockets = [listener.sock for listener in self.sockets]
+        runner, listeners = await start(app, settings, sockets)
+        # Serving: from here an exit is not a boot failure.
         self.booted = True
         pid = os.getpid()
         log.info("worker ready pid=%d", pid, extra=event("worker_ready", pid=pid))
         try:
-            while self.alive:
+            while self.alive:  # type: ignore[has-type]
                 self.notify()  # gunicorn's liveness check
                 if self.ppid != os.getppid():
                     self.alive = False
                     log.warning("master gone; worker pid=%d stopping", pid)
                 else:
-                    await self._wait_next_notify()
+                    await self._tick()
         finally:
             # SIGTERM drains first (the master has closed its copy of the listening
             # sockets, this worker still accepts on its own); a quick stop does not.
             if not self.quick_stop:
-                await app[SERVER_KEY].readiness.drain(settings.drain_delay)
+                await app[READINESS_KEY].drain(settings.drain_delay)
+            listeners.close()
             await runner.cleanup()
 
+    async def _tick(self) -> None:
+        """Wait a second, or until a stop signal wakes us."""
+        wake = self._wake
+        assert wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), 1.0)
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
     def init_signals(self) -> None:
-        """aiohttp's loop handlers, plus a record of stop signals until the loop runs.
+        """Signal handlers on the loop, plus a record of stop signals until it runs.
 
         A SIGTERM that reaches a booting worker would otherwise be lost, and the worker
         killed only at graceful_timeout: before this point it goes to the handler
         inherited from the arbiter, which queues it in this process's copy of the
         arbiter's queue; after it, until the loop runs, uvloop only notes it for a
-        wake-up that never comes. ``_run`` acts on what was recorded.
+        wake-up that never comes. ``_serve`` acts on what was recorded.
         """
-        super().init_signals()
+        loop = self.loop
+        for sig, handler in (
+            (signal.SIGQUIT, self.handle_quit),
+            (signal.SIGTERM, self.handle_exit),
+            (signal.SIGINT, self.handle_quit),
+            (signal.SIGWINCH, self.handle_winch),
+            (signal.SIGUSR1, self.handle_usr1),
+            (signal.SIGABRT, self.handle_abort),
+        ):
+            loop.add_signal_handler(sig, handler, sig, None)
+        # Don't let SIGTERM and SIGUSR1 interrupt system calls of active requests.
+        signal.siginterrupt(signal.SIGTERM, False)
+        signal.siginterrupt(signal.SIGUSR1, False)
+        # The arbiter's SIGCHLD handler is not ours.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.early_stop: list[int] = []
-        inherited: queue.SimpleQueue[int] | None = getattr(self, "arbiter_signals", None)
-        while inherited is not None and not inherited.empty():
+        inherited: queue.SimpleQueue[int] | list[int] | None = getattr(
+            self, "arbiter_signals", None
+        )
+        if isinstance(inherited, list):  # gunicorn before 24 keeps a list
+            self.early_stop += inherited
+        while inherited is not None and not isinstance(inherited, list) and not inherited.empty():
             self.early_stop.append(inherited.get_nowait())
         # Once running, the loop dispatches from its wake-up fd whatever Python handler
         # is installed; this one only keeps a note for the time before.
@@ -200,15 +233,24 @@ class EchoWorker(GunicornUVLoopWebWorker):
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: stop at once rather than at the next one-second liveness tick."""
         self._log_signal()
-        super().handle_exit(sig, frame)
-        self._notify_waiter_done()
+        self.alive = False
+        self._wake_up()
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         """SIGINT or SIGQUIT (gunicorn's quick stop): the same graceful stop here, without
         the drain."""
         self._log_signal()
         self.quick_stop = True
-        super().handle_quit(sig, frame)
+        self.alive = False
+        self.cfg.worker_int(self)
+        self._wake_up()
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        """SIGABRT (gunicorn's timeout kill): exit at once, status 1."""
+        self.alive = False
+        self.exit_code = 1
+        self.cfg.worker_abort(self)
+        sys.exit(1)
 
     def _log_signal(self) -> None:
         # Once: Ctrl-C reaches the workers directly, then again through the master.
@@ -224,19 +266,24 @@ class EchoWorker(GunicornUVLoopWebWorker):
 class EchoApplication(BaseApplication):  # type: ignore[misc]
     """gunicorn's application object, configured from ``settings`` and nothing else."""
 
-    def __init__(self, settings: ServerSettings, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self, settings: ServerSettings, sockets: list[socket.socket], app_factory: AppFactory
+    ) -> None:
         self.settings = settings
+        self.app_factory = app_factory
         # gunicorn takes the listening sockets over by file descriptor (and closes ours).
         self._binds = [f"fd://{sock.detach()}" for sock in sockets]
         super().__init__(prog="echo-server")
 
     def load_config(self) -> None:
         for name, value in gunicorn_config(self.settings, self._binds).items():
+            if name == "control_socket_disable" and name not in self.cfg.settings:
+                continue  # an older gunicorn, without a control socket to disable
             self.cfg.set(name, value)
 
     def load(self) -> web.Application:
         """Called in each worker after the fork: every process has its own app and state."""
-        return create_app(self.settings)
+        return self.app_factory(self.settings)
 
 
 def gunicorn_config(settings: ServerSettings, binds: list[str]) -> dict[str, Any]:
@@ -277,14 +324,16 @@ def _when_ready(settings: ServerSettings) -> Callable[[Any], None]:
 
 
 def _post_fork(arbiter: Any, worker: Any) -> None:
-    """In the new worker: keep the arbiter's signal queue for EchoWorker.init_signals."""
-    worker.arbiter_signals = arbiter.SIG_QUEUE
+    """In the new worker: keep the arbiter's signal queue (a list before gunicorn 24) for
+    EchoWorker.init_signals; without one, a signal during boot waits for the next."""
+    worker.arbiter_signals = getattr(arbiter, "SIG_QUEUE", None)
 
 
 def _child_exit(_arbiter: Any, worker: Any) -> None:
     log.info("worker exited pid=%s", worker.pid, extra=event("worker_exit", pid=worker.pid))
 
 
-def serve_with_workers(settings: ServerSettings) -> None:
-    """Run gunicorn with ``settings.workers`` processes until SIGTERM or SIGINT; exits."""
-    EchoApplication(settings, bind_sockets(settings)).run()
+def serve_with_workers(settings: ServerSettings, app_factory: AppFactory) -> None:
+    """Run gunicorn with ``settings.workers`` processes, each serving
+    ``app_factory(settings)``, until SIGTERM or SIGINT; exits."""
+    EchoApplication(settings, bind_sockets(settings), app_factory).run()

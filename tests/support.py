@@ -25,6 +25,7 @@ from harness.process import ServerProcess
 __all__ = [
     "CLIENT_VARIABLES",
     "CONFIG_VARIABLES",
+    "FAULT",
     "SERVER_VARIABLES",
     "TEST_SETTINGS",
     "TLS_SERVER_VARIABLES",
@@ -32,7 +33,9 @@ __all__ = [
     "ServerProcess",
     "children",
     "clean_env",
+    "engine_under_test",
     "free_port",
+    "inject_fault",
     "run_server_briefly",
     "seconds_until_cut_off",
     "wait_until",
@@ -59,6 +62,7 @@ SERVER_VARIABLES = [
     "CONTROLS",
     "PUSH_MAX_RATE",
     "SUBPROTOCOLS",
+    "ENGINE",
     "DRAIN_DELAY",
     "INSTANCE_NAME",
 ]
@@ -83,6 +87,14 @@ TEST_SETTINGS = ServerSettings(
     allow_missing_origin=True,
     heartbeat_interval=30.0,
 )
+
+
+def engine_under_test() -> str:
+    """The engine the tests' servers run: ENGINE from the test process's environment
+    resolved as the server resolves it (auto: fast where proven, else plain)."""
+    from echo.engine import choose
+
+    return choose(os.environ.get("ENGINE", "auto").strip().lower() or "auto")
 
 
 def children(pid: int) -> set[int]:
@@ -121,6 +133,8 @@ def run_server_briefly(
 def clean_env(**overrides: str) -> dict[str, str]:
     """The test process's environment without any echo setting, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+    if "ENGINE" in os.environ:  # the engine under test (ENGINE=plain make test) stays
+        env["ENGINE"] = os.environ["ENGINE"]
     env.update(overrides)
     return env
 
@@ -151,6 +165,24 @@ async def seconds_until_cut_off(port: int, timeout: float = 10.0) -> float:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+FAULT = b"\xfe injected fault"  # invalid UTF-8: never echoed from the fast path's parser
+
+
+def inject_fault(monkeypatch: Any) -> None:
+    """Make both engines' echo loops raise RuntimeError("injected fault") on a text
+    message of FAULT: an error of ours while serving, wherever the loop runs."""
+    from echo import protocol
+
+    real = protocol.is_utf8
+
+    def faulty(data: bytes) -> bool:
+        if data == FAULT:
+            raise RuntimeError("injected fault")
+        return real(data)
+
+    monkeypatch.setattr(protocol, "is_utf8", faulty)
 
 
 async def raw_handshake(port: int, headers: list[tuple[str, str]]) -> tuple[int, bytes, bytes]:

@@ -24,7 +24,8 @@ import aiohttp
 import pytest
 
 from echo.dev import port_in_use
-from echo.server import SERVER_SOFTWARE, log_listening
+from echo.listeners import log_listening
+from echo.server import SERVER_SOFTWARE
 from tests.support import (
     TEST_SETTINGS,
     ServerFactory,
@@ -200,7 +201,7 @@ def test_listening_line_prints_a_url_a_person_can_open(
     with caplog.at_level(logging.INFO, "echo.server"):
         log_listening(TEST_SETTINGS, host, 8080)
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.startswith(f"listening on {url} (WebSocket ws{url[4:]})"), line
+    assert line.startswith(f"listening on {url} (WebSocket ws{url[4:]}, auto engine)"), line
     assert caplog.records[0].event_fields["url"] == url  # type: ignore[attr-defined]
 
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from echo.server import SERVER_KEY
-from tests.support import ServerFactory, wait_until
+from tests.support import FAULT, ServerFactory, inject_fault, wait_until
 from tests.wsraw import (
     OP_BINARY,
     OP_CLOSE,
@@ -22,6 +22,28 @@ from tests.wsraw import (
     close_payload,
     encode_frame,
 )
+
+
+def record_served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the connections whose queue the fast engine serves in a task."""
+    from echo.engine.fast.engine import FastLink
+
+    served: list[str] = []
+    original = FastLink.serve_queue
+
+    async def recording(link: FastLink) -> None:
+        served.append(link.conn.id)
+        await original(link)
+
+    monkeypatch.setattr(FastLink, "serve_queue", recording)
+    return served
+
+
+def serving_tasks() -> list[asyncio.Task[Any]]:
+    """The fast engine's tasks serving a queue now."""
+    return [
+        t for t in asyncio.all_tasks() if "FastLink" in getattr(t.get_coro(), "__qualname__", "")
+    ]
 
 
 async def echo_once(ws: aiohttp.ClientWebSocketResponse, data: str | bytes) -> aiohttp.WSMessage:
@@ -150,23 +172,15 @@ async def test_close_code_is_echoed_if_valid_else_answered_1002(
 
 
 async def test_error_in_one_connection_closes_it_1011_and_spares_the_others(
-    start_app: ServerFactory,
+    start_app: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    inject_fault(monkeypatch)
     server = await start_app()
     echo = server.app[SERVER_KEY]
-    original = echo.serve
-
-    async def faulty(ws: Any, conn: Any, **options: Any) -> None:
-        if conn.id == "c2":
-            await ws.receive()
-            raise RuntimeError("injected fault")
-        await original(ws, conn, **options)
-
-    echo.serve = faulty
     async with aiohttp.ClientSession() as session:
         healthy = await session.ws_connect(server.make_url("/"))
         victim = await session.ws_connect(server.make_url("/"))
-        await victim.send_frame(b"\xff", WSMsgType.TEXT)  # not echoed on the fast path
+        await victim.send_frame(FAULT, WSMsgType.TEXT)
         closing = await victim.receive(timeout=5)
         assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1011)
         await victim.close()
@@ -192,21 +206,15 @@ async def test_concurrent_connections_do_not_mix_messages(start_app: ServerFacto
         assert got == [f"{n}:{i}" for i in range(50)]
 
 
+@pytest.mark.only_engine("fast", "the parser's callback echoes")
 @pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "no-metrics"])
 async def test_plain_messages_and_pings_are_answered_without_a_task(
-    start_app: ServerFactory, metrics: bool
+    start_app: ServerFactory, metrics: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fast path: the parser's callback echoes and pongs; serve() never runs."""
+    """The fast path: the parser's callback echoes and pongs; the queue is never served."""
     server = await start_app(metrics=metrics)
     echo = server.app[SERVER_KEY]
-    original = echo.serve
-    served: list[str] = []
-
-    async def recording(ws: Any, conn: Any, **options: Any) -> None:
-        served.append(conn.id)
-        await original(ws, conn, **options)
-
-    echo.serve = recording
+    served = record_served(monkeypatch)
     raw = await RawWebSocket.connect("127.0.0.1", server.port)
     sent = [
         (OP_TEXT, b"a"),
@@ -228,20 +236,13 @@ async def test_plain_messages_and_pings_are_answered_without_a_task(
 
 @pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "no-metrics"])
 async def test_messages_held_back_by_a_slow_reader_keep_their_order(
-    start_app: ServerFactory, metrics: bool
+    start_app: ServerFactory, metrics: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the peer does not read, the server's writes pause and messages wait in the
-    queue for serve(); those arriving later must not overtake them."""
+    queue (on the fast engine, for its serving task); those arriving later must not
+    overtake them."""
     server = await start_app(metrics=metrics)
-    echo = server.app[SERVER_KEY]
-    original = echo.serve
-    served: list[str] = []
-
-    async def recording(ws: Any, conn: Any, **options: Any) -> None:
-        served.append(conn.id)
-        await original(ws, conn, **options)
-
-    echo.serve = recording
+    served = record_served(monkeypatch)
     sent = [i.to_bytes(4, "big") * 16_384 for i in range(200)]  # 64 KiB each, 12.5 MiB
     async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/")) as ws:
 
@@ -254,9 +255,11 @@ async def test_messages_held_back_by_a_slow_reader_keep_their_order(
         received = [(await ws.receive(timeout=10)).data for _ in sent]
         await asyncio.wait_for(sender, 10)
     assert received == sent
-    assert served, "nothing was held back: the test did not exercise the queue"
+    if server.engine == "fast":
+        assert served, "nothing was held back: the test did not exercise the queue"
 
 
+@pytest.mark.only_engine("fast", "pings are answered from the parser's callback")
 async def test_a_ping_behind_held_back_messages_is_answered_and_leaves_no_task(
     start_app: ServerFactory,
 ) -> None:
@@ -267,7 +270,7 @@ async def test_a_ping_behind_held_back_messages_is_answered_and_leaves_no_task(
     echo = server.app[SERVER_KEY]
     raw = await RawWebSocket.connect("127.0.0.1", server.port)
     await wait_until(lambda: len(echo.connections) == 1, timeout=3)
-    ws, conn = next(iter(echo.connections.items()))
+    ws = next(iter(echo.connections))
     protocol = ws._req.protocol
     protocol.pause_writing()  # as when the peer stops reading: messages are held back
     await raw.send(OP_TEXT, b"held back")
@@ -279,7 +282,7 @@ async def test_a_ping_behind_held_back_messages_is_answered_and_leaves_no_task(
         (OP_TEXT, b"held back"),
         (OP_PONG, b"still there?"),
     ]
-    await wait_until(lambda: conn.serving is None, timeout=3)
+    await wait_until(lambda: not serving_tasks(), timeout=3)
     await raw.aclose()
 
 
@@ -306,6 +309,7 @@ async def test_the_upgrade_response_carries_the_handshake_and_no_software_versio
     writer.write(RawWebSocket.upgrade_request("127.0.0.1", server.port))
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.close()
+    await writer.wait_closed()
     status, *lines = head.decode("latin-1").split("\r\n")[:-2]
     names = {line.split(":", 1)[0].lower() for line in lines}
     assert status == "HTTP/1.1 101 Switching Protocols"

@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.web_protocol import RequestHandler
 
+from echo.engine import ENGINE_KEY
 from echo.server import SERVER_KEY
 from tests.support import ServerFactory, ServerProcess, wait_until
 from tests.wsraw import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, close_payload
@@ -79,6 +81,7 @@ async def test_data_instead_of_a_pong_keeps_the_connection(start_app: ServerFact
     await raw.aclose()
 
 
+@pytest.mark.only_engine("fast", "the plain engine's handler serves to the end, as aiohttp's")
 async def test_an_idle_websocket_keeps_no_task_and_no_request(start_app: ServerFactory) -> None:
     """Once upgraded, a connection is served without aiohttp's request machinery: no
     connection or handler task waits, and the upgrade request is freed (about half of
@@ -99,17 +102,19 @@ async def test_an_idle_websocket_keeps_no_task_and_no_request(start_app: ServerF
     await wait_until(lambda: not echo.connections and echo.limiter.open == 0, timeout=3)
 
 
+@pytest.mark.only_engine("fast", "the plain engine has aiohttp's timer per connection")
 async def test_closed_connections_leave_the_shared_heartbeat(start_app: ServerFactory) -> None:
     server = await start_app(heartbeat_interval=0.2)
-    echo = server.app[SERVER_KEY]
+    heartbeat = server.app[ENGINE_KEY].heartbeat
+    limiter = server.app[SERVER_KEY].limiter
     raws = [await RawWebSocket.connect("127.0.0.1", server.port) for _ in range(5)]
-    await wait_until(lambda: len(echo.heartbeat) == 5, timeout=3)
+    await wait_until(lambda: len(heartbeat) == 5, timeout=3)
     for raw in raws[:3]:
         await raw.aclose()
     raws[3].abort()
-    await wait_until(lambda: len(echo.heartbeat) == 1, timeout=3)
+    await wait_until(lambda: len(heartbeat) == 1, timeout=3)
     await raws[4].aclose()
-    await wait_until(lambda: len(echo.heartbeat) == 0 and echo.limiter.open == 0, timeout=3)
+    await wait_until(lambda: len(heartbeat) == 0 and limiter.open == 0, timeout=3)
 
 
 async def test_server_answers_pings(start_app: ServerFactory) -> None:
@@ -196,6 +201,9 @@ async def test_shutdown_does_not_wait_past_its_timeout_for_a_silent_peer(
     await silent.aclose()
 
 
+@pytest.mark.only_engine(
+    "fast", "aiohttp's own heartbeat leaves each connection in a cycle (docs/notes.md)"
+)
 async def test_a_closed_connection_is_freed_without_the_cycle_collector(
     start_app: ServerFactory,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -14,13 +15,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
 from echo.config import ClientSettings, ConfigError, ServerSettings
 from echo.logs import JsonFormatter, clip, event
+from echo.metrics import METRICS_KEY
 from echo.server import SERVER_KEY
 from tests.client_support import fast_client_env
-from tests.support import ServerFactory, ServerProcess, wait_until
-from tests.wsraw import OP_CLOSE, RawWebSocket, close_payload
+from tests.support import FAULT, ServerFactory, ServerProcess, inject_fault, wait_until
+from tests.test_metrics import by_label, parse
+from tests.wsraw import OP_CLOSE, OP_TEXT, RawWebSocket, close_payload
 
 ServerStarter = Callable[..., ServerProcess]
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -143,20 +147,14 @@ def test_log_format_is_validated() -> None:
 
 
 async def test_error_event_carries_the_connection_and_the_traceback(
-    start_app: ServerFactory, caplog: pytest.LogCaptureFixture
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, "echo.server")
+    inject_fault(monkeypatch)
     server = await start_app()
-    echo = server.app[SERVER_KEY]
-
-    async def faulty(ws: Any, conn: Any, **options: Any) -> None:
-        await ws.receive()
-        raise RuntimeError("injected fault")
-
-    echo.serve = faulty
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(server.make_url("/")) as ws:
-            await ws.send_frame(b"\xff", aiohttp.WSMsgType.TEXT)  # not echoed on the fast path
+            await ws.send_frame(FAULT, aiohttp.WSMsgType.TEXT)
             assert (await ws.receive(timeout=5)).data == 1011
     errors = [r for r in caplog.records if getattr(r, "event", None) == "error"]
     assert len(errors) == 1
@@ -178,3 +176,60 @@ async def test_the_close_line_carries_the_peers_code(
     await wait_until(lambda: "close id=c1" in caplog.text, timeout=5)
     assert f"close id=c1 code={code} " in caplog.text
     await raw.aclose()
+
+
+async def closing_with(server: Any, how: str) -> None:
+    """One connection to ``server`` that ends ``how``."""
+    raw = await RawWebSocket.connect("127.0.0.1", server.port)
+    await raw.send(OP_TEXT, b"one")
+    assert (await raw.recv_data()).payload == b"one"
+    if how == "peer-1000":
+        await raw.send(OP_CLOSE, close_payload(1000))
+        assert (await raw.recv_data()).close_code == 1000
+    elif how == "peer-no-code":
+        await raw.send(OP_CLOSE, b"")
+        assert (await raw.recv_data()).close_code == 1000  # what a code-less close gets
+    elif how == "shutdown":
+        closing = asyncio.ensure_future(server.app[SERVER_KEY].shutdown())
+        assert (await raw.recv_data()).close_code == 1001
+        await raw.send(OP_CLOSE, close_payload(1001))
+        await asyncio.wait_for(closing, 10)
+    elif how == "vanished":
+        raw.abort()
+        return
+    assert await raw.eof()
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "sent", "received"),
+    [
+        ("peer-1000", 1000, 1000, 1000),
+        ("peer-no-code", 1005, 1000, 1005),
+        ("shutdown", 1001, 1001, 1001),
+        ("vanished", 1006, None, None),
+    ],
+)
+async def test_the_close_line_shows_the_codes_sent_and_received_as_metrics_count_them(
+    start_app: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    code: int,
+    sent: int | None,
+    received: int | None,
+) -> None:
+    """``code`` is the first close frame's, whoever sent it (1006: none); ``sent`` and
+    ``received`` each side's (1005: a frame without a code; none: ``-``, JSON null)."""
+    caplog.set_level(logging.INFO, "echo.server")
+    server = await start_app()
+    await closing_with(server, how)
+    await wait_until(lambda: "close id=c1" in caplog.text, timeout=8)
+    shown = [str(v) if v is not None else "-" for v in (code, sent, received)]
+    assert f"close id=c1 code={shown[0]} sent={shown[1]} received={shown[2]} " in caplog.text
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "close"]
+    fields = json.loads(JsonFormatter().format(record))
+    assert (fields["code"], fields["sent"], fields["received"]) == (code, sent, received)
+    samples = parse(generate_latest(server.app[METRICS_KEY].registry).decode())
+    expected_sent = {} if sent is None else {str(sent): 1}
+    expected_received = {} if received is None else {str(received): 1}
+    assert by_label(samples, "echo_close_codes_sent_total", "code") == expected_sent
+    assert by_label(samples, "echo_close_codes_received_total", "code") == expected_received

@@ -12,11 +12,13 @@ import pytest
 from aiohttp import WSMsgType
 from prometheus_client.parser import text_string_to_metric_families
 
+from echo.engine import Connection
 from echo.metrics import METRICS_KEY, Metrics, code_label, size_buckets
 from echo.origins import parse_origin
 from echo.server import SERVER_KEY
 from tests.reliability.test_floods import drip
-from tests.support import ServerFactory, ServerProcess, wait_until
+from tests.support import FAULT, ServerFactory, ServerProcess, inject_fault, wait_until
+from tests.test_echo import record_served
 from tests.wsraw import OP_BINARY, OP_CLOSE, OP_TEXT, RawWebSocket, close_payload, encode_frame
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -131,25 +133,21 @@ async def test_an_exchange_is_counted_by_direction_type_and_size(
     assert by_label(after, "echo_handshakes_refused_total", "reason") == ZERO_REFUSALS
 
 
-async def test_the_fast_path_counts_without_the_echo_loop(start_app: ServerFactory) -> None:
-    """Echoes from the parser callback (serve() never runs) are counted."""
-    server = await start_app(compression=False)
-    echo = server.app[SERVER_KEY]
-    original = echo.serve
-    served: list[str] = []
-
-    async def recording(ws: Any, conn: Any, **options: Any) -> None:
-        served.append(conn.id)
-        await original(ws, conn, **options)
-
-    echo.serve = recording
+@pytest.mark.parametrize("compression", [False, True], ids=["plain-frames", "deflate"])
+async def test_every_echo_is_counted_whichever_path_it_takes(
+    start_app: ServerFactory, monkeypatch: pytest.MonkeyPatch, compression: bool
+) -> None:
+    """Echoes from the fast path's parser callback (its queue never served), from its
+    queue, and from the plain engine's loop are counted alike."""
+    server = await start_app(compression=compression)
+    served = record_served(monkeypatch)
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(server.make_url("/")) as ws:
             for item in ("abc", b"\x01" * 300, "defg", "x" * 40):
                 await (ws.send_str(item) if isinstance(item, str) else ws.send_bytes(item))
                 assert (await ws.receive(timeout=5)).data == item
             samples = await scrape(base_url(server))
-            assert served == []
+            assert served == [] or server.engine == "plain"
     assert by_label(samples, "echo_message_bytes_total", "type") == {"text": 47, "binary": 300}
     assert value(samples, "echo_messages_total", direction="out", type="text") == 3
     assert value(samples, "echo_message_size_bytes_bucket", le="16.0") == 2
@@ -288,9 +286,9 @@ async def test_close_codes_sent_and_received(
     sent: int,
     received: int | None,
 ) -> None:
-    """Peer-initiated closes are answered; after aiohttp's protocol errors (1009, 1002,
-    1007 for a close reason that is not UTF-8) aiohttp stops reading, so a peer's answer
-    to them is never seen."""
+    """Peer-initiated closes are answered; after protocol errors (1009 at the frame's
+    header, 1002, 1007 for a close reason that is not UTF-8) the connection is failed:
+    the server stops reading, so a peer's answer to them is never seen."""
     server = await start_app(max_message_size=100)
     code, dropped = await raw_close_exchange(server, frames, reply)
     assert code == sent
@@ -338,18 +336,14 @@ async def test_close_codes_on_the_slow_path(start_app: ServerFactory) -> None:
     assert value(samples, "echo_messages_total", direction="in", type="binary") == 1
 
 
-async def test_error_while_serving_is_counted_as_1011(start_app: ServerFactory) -> None:
+async def test_error_while_serving_is_counted_as_1011(
+    start_app: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inject_fault(monkeypatch)
     server = await start_app()
-    echo = server.app[SERVER_KEY]
-
-    async def faulty(ws: Any, conn: Any, **options: Any) -> None:
-        await ws.receive()
-        raise RuntimeError("injected fault")
-
-    echo.serve = faulty
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(server.make_url("/"))
-        await ws.send_frame(b"\xff", WSMsgType.TEXT)  # not echoed on the fast path
+        await ws.send_frame(FAULT, WSMsgType.TEXT)
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1011)
         await ws.close()
@@ -452,13 +446,15 @@ def test_application_close_codes_are_grouped() -> None:
 
 
 def test_a_scrape_adds_open_connections_to_closed_totals() -> None:
-    class Live:
-        messages_in = bytes_in = messages_out = bytes_out = 10
-        binary_in = binary_bytes_in = binary_out = binary_bytes_out = 4
+    def record() -> Connection:
+        conn = Connection(id="c", remote="r", messages_in=10, bytes_in=10, messages_out=10)
+        conn.bytes_out = 10
+        conn.binary_in = conn.binary_bytes_in = conn.binary_out = conn.binary_bytes_out = 4
+        return conn
 
-    live = [Live(), Live()]
+    live = [record(), record()]
     metrics = Metrics(lambda: live, 1024)
-    metrics.connection_closed(Live())
+    metrics.connection_closed(record())
     totals = metrics.totals()
     assert totals["messages_in"] == 30
     assert totals["binary_bytes_out"] == 12

@@ -12,8 +12,9 @@ from aiohttp_devtools.runserver.config import Config
 from aiohttp_devtools.runserver.serve import modify_main_app
 
 import echo.dev
+from echo.listeners import runner_options
 from echo.page import development_options
-from echo.server import create_app, runner_options
+from echo.server import create_app
 from tests.support import TEST_SETTINGS, ServerFactory
 
 

@@ -35,7 +35,7 @@ async def test_server_over_tls_echoes_to_a_client_trusting_the_ca(
 ) -> None:
     server = start_tls_server(server_process, pki)
     port = server.port
-    assert f"listening on https://127.0.0.1:{port}/ (WebSocket wss://127.0.0.1:{port}/)" in (
+    assert f"listening on https://127.0.0.1:{port}/ (WebSocket wss://127.0.0.1:{port}/, " in (
         server.log()
     )
     url = f"wss://127.0.0.1:{port}/"

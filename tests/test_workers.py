@@ -357,3 +357,4 @@ def test_make_dev_serves_one_process_whatever_workers_says(tmp_path: Path) -> No
         check=True,
     )
     assert " workers=1," in result.stdout
+    assert "engine='plain'" in result.stdout

@@ -29,42 +29,34 @@ Under aiohttp's own runner (adev's development server) nothing is detached and t
 handler serves until the end, as aiohttp intends.
 
 With metrics on (METRICS=true), :class:`MeteredEchoQueue` also counts binary messages
-apart and the size of each message in the shared histogram of echo.metrics, and
-:meth:`EchoResponse.close` and :meth:`EchoResponse.answer_close` count the close codes
-sent and received.
+apart and the size of each message in the shared histogram of echo.metrics.
+:meth:`EchoResponse.close` and :meth:`EchoResponse.answer_close` record the close codes
+sent and received on the connection's record (echo.engine.Connection).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.helpers import PACK_CLOSE_CODE
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 
+from echo.engine import Connection, Sizes, Traffic
 from echo.engine.fast.heartbeat import Heartbeat
-from echo.engine.fast.masking import MaskedFramesOnly
 from echo.engine.fast.runner import EchoRequestHandler
-from echo.metrics import Metrics, Traffic
-from echo.protocol import close_reply, is_utf8
+from echo.framing import StreamTracker
+from echo.listeners import gate_of
+from echo.protocol import INTERNAL_ERROR, close_reply, is_utf8
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
-
-
-class Counters(Protocol):
-    """What the fast path updates for the connection's close log line."""
-
-    messages_in: int
-    messages_out: int
-    bytes_in: int
-    bytes_out: int
 
 
 class EchoQueue(WebSocketDataQueue):
@@ -76,7 +68,7 @@ class EchoQueue(WebSocketDataQueue):
         super().__init__(protocol, limit, loop=loop)
         writer = response._writer
         assert writer is not None
-        self.counters: Counters | None = None  # set by EchoResponse.start_echo
+        self.counters: Traffic | None = None  # set by EchoResponse.start_echo
         self.limit = 0
         self.response: EchoResponse | None = response
         self.transport: Any = writer.transport
@@ -174,13 +166,13 @@ class MeteredEchoQueue(EchoQueue):
 
     def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
         super().__init__(protocol, limit, loop=loop, response=response)
-        metrics = response._metrics
-        assert metrics is not None
-        self.bounds = metrics.bounds
-        self.sizes = metrics.sizes
+        sizes = response._sizes
+        assert sizes is not None
+        self.bounds = sizes.bounds
+        self.sizes = sizes.sizes
 
     def feed_data(self, data: Any, size: int) -> None:
-        counters: Traffic | None = self.counters  # type: ignore[assignment]
+        counters = self.counters
         kind = data[0]
         if counters is None:
             return self._keep(data, size)
@@ -241,31 +233,33 @@ class UpgradedRequest:
 class EchoResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds an :class:`EchoQueue`.
 
-    ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class and the
-    mask check of echo.engine.fast.masking in front of the frame parser. ``heartbeat`` (or None) is
-    the shared timer of echo.engine.fast.heartbeat that pings it when silent; ``metrics`` (or None)
-    is where its queue and :meth:`close` count.
+    ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class.
+    ``heartbeat`` (or None) is the shared timer of echo.engine.fast.heartbeat that pings
+    it when silent; ``sizes`` (or None, without metrics) the message-size histogram its
+    queue counts in; ``conn`` the record where :meth:`close` notes the close codes.
     """
 
     # Slots, not instance attributes: past aiohttp's own attributes, an instance dict
     # stops sharing keys and grows by about 1.5 KiB per connection.
-    __slots__ = ("_beat_slot", "_beats", "_frames", "_metrics")
+    __slots__ = ("_beat_slot", "_beats", "_conn", "_frames", "_sizes")
 
     def __init__(
         self,
         *,
+        conn: Connection,
         heartbeat: Heartbeat | None = None,
-        metrics: Metrics | None = None,
+        sizes: Sizes | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(heartbeat=None if heartbeat is None else heartbeat.interval, **kwargs)
         self._beats = heartbeat
         self._beat_slot = 0
-        self._frames: MaskedFramesOnly | None = None
-        self._metrics = metrics
+        self._frames: StreamTracker | None = None  # the gate's (echo.listeners)
+        self._sizes = sizes
+        self._conn = conn
 
     # The heartbeat is echo.engine.fast.heartbeat's shared timer, not one aiohttp timer per
-    # connection, and incoming data is noticed by the mask check's ``seen`` flag, not
+    # connection, and incoming data is noticed by the gate's ``seen`` flag, not
     # by aiohttp's data_received_cb (a Python call per chunk received; aiohttp's own
     # also reschedules its timer with a loop.call_soon per loop tick that brings data,
     # about a tenth of the server's time when echoing small messages). The pong
@@ -292,6 +286,10 @@ class EchoResponse(web.WebSocketResponse):
             self._pong_response_cb = None
             return
         super()._pong_not_received()
+        request = self._req
+        if self._closed and request is not None and request.transport is not None:
+            # The peer is gone: over TLS a graceful close would wait for its close_notify.
+            request.transport.abort()
 
     async def _prepare_headers(self) -> None:
         """The 101's headers are the handshake's (set by ``_pre_start``), nothing more.
@@ -309,15 +307,17 @@ class EchoResponse(web.WebSocketResponse):
             self._beat_slot = self._beats.add(self)
         loop = self._loop
         assert loop is not None
-        kind = EchoQueue if self._metrics is None else MeteredEchoQueue
+        kind = EchoQueue if self._sizes is None else MeteredEchoQueue
         queue = kind(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
         self._reader = queue
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
         )
-        self._frames = MaskedFramesOnly(self._parser, queue)
-        self._frames.seen = True  # the handshake was the last sign of life
-        request.protocol.set_parser(self._frames)
+        gate = gate_of(request.transport)
+        if gate is not None:  # the fast engine serves only connections with a gate
+            self._frames = gate.tracker
+            self._frames.seen = True  # the handshake was the last sign of life
+        request.protocol.set_parser(self._parser)
         request.protocol.keep_alive(False)
         # The HTTP parser is never used again once the frame parser is set (aiohttp
         # checks for None); dropping it frees about 1 KiB per idle connection.
@@ -326,33 +326,36 @@ class EchoResponse(web.WebSocketResponse):
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
-        """aiohttp's close, counting the close codes sent and received (with metrics).
+        """aiohttp's close, recording the close codes sent and received on the record.
 
         Every close frame the server sends goes through here, aiohttp's own for
-        protocol errors (1002, 1007, 1009) included. The peer's code is known when its
-        close came first (receive() kept its code and set ``_closing``), or when it
-        answered ours inside aiohttp's close (the code is then set without
-        ``_closing``; a timeout or lost transport leaves 1006, which no peer may send).
-        When close() is called during receive() (shutdown), aiohttp closes the
-        transport without reading the peer's answer.
+        protocol errors (1002, 1007, 1009) included; after any other error receive()
+        closes with its default 1000, which is ours to correct: 1011. The peer's code
+        is known when its close came first (receive() kept its code and set
+        ``_closing``), or when it answered ours inside aiohttp's close (the code is
+        then set without ``_closing``; a timeout or lost transport leaves 1006, which
+        no peer may send). When close() is called during receive() (shutdown), aiohttp
+        closes the transport without reading the peer's answer.
         """
-        metrics = self._metrics
+        conn = self._conn
         writer = self._writer
-        if metrics is None or self._closed or writer is None:
+        if self._closed or writer is None:
             return await super().close(code=code, message=message, drain=drain)
+        if self._exception is not None and code == WSCloseCode.OK:
+            code, message = INTERNAL_ERROR, b"internal error"
         peer_first = self._closing and self._close_code != WSCloseCode.ABNORMAL_CLOSURE
         if peer_first:
-            metrics.received_close(self._close_code or 0)
+            conn.received_close(self._close_code or 0)
         if not writer.transport.is_closing():
-            metrics.sent_close(code)
+            conn.sent_close(code)
         result = await super().close(code=code, message=message, drain=drain)
         if not peer_first and not self._closing:
             answer = self._close_code
             if answer is not None and answer != WSCloseCode.ABNORMAL_CLOSURE:
-                metrics.received_close(answer)
+                conn.received_close(answer)
         return result
 
-    def start_echo(self, counters: Counters, max_message_size: int) -> None:
+    def start_echo(self, counters: Traffic, max_message_size: int) -> None:
         """Begin echoing from the parser; until now messages waited in the queue."""
         # Compressed connections take the ordinary road: the compressor is shared
         # with serve()'s sends.
@@ -386,10 +389,10 @@ class EchoResponse(web.WebSocketResponse):
         # the request itself: the parsed upgrade request can go.
         self._req = UpgradedRequest(protocol)  # type: ignore[assignment]
         protocol.detach()
-        if self._reader.is_eof():  # lost before it was detached: end it now
-            self._reader.ended = None
+        if self._reader.is_eof() and self._reader.exception() is None:
+            self._reader.ended = None  # lost before it was detached: end it now
             ended()
-        elif self.pending:  # frames that came with the upgrade request are queued
+        elif self.pending:  # frames (or an error) that came with the upgrade request
             wake()
 
     def answer_close(self, code: int) -> None:
@@ -404,10 +407,8 @@ class EchoResponse(web.WebSocketResponse):
         assert writer is not None
         self._set_closing(code)  # type: ignore[arg-type]  # aiohttp passes ints here too
         reply = close_reply(code)
-        metrics = self._metrics
-        if metrics is not None:
-            metrics.received_close(code)
-            metrics.sent_close(reply)
+        self._conn.received_close(code)
+        self._conn.sent_close(reply)
         self._set_closed()
         writer._write_websocket_frame(PACK_CLOSE_CODE(reply), _CLOSE, 0)
         writer._closing = True

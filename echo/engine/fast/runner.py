@@ -1,16 +1,13 @@
-"""aiohttp's runner, server and connection protocol as the echo server runs them.
+"""aiohttp's runner, server and connection protocol as the fast engine runs them.
 
-Three changes to aiohttp's own, all below the application:
+Two changes to aiohttp's own, both below the application:
 
-- Handshake timeouts are counted. aiohttp's keep-alive timer cuts off a connection that
-  has not sent a complete request in HANDSHAKE_TIMEOUT (see
-  ``echo.server.runner_options``); :class:`EchoRequestHandler` counts those cut-offs
-  into the app's metrics, when it has them.
-- TCP_NODELAY is set once on each listening socket (:func:`nodelay_on_listeners`)
-  instead of once per connection. Linux copies it to every accepted socket, and
-  aiohttp's per-connection call (a Python socket object and a system call) was about
-  3% of the server's time per handshake in a py-spy profile. Until a runner's
-  listening sockets have it, connections take aiohttp's own per-connection path.
+- TCP_NODELAY comes from the listening socket instead of a system call per connection.
+  echo.listeners sets it on every listening socket, and Linux copies it to every
+  accepted socket; aiohttp's per-connection call (a Python socket object and a system
+  call) was about 3% of the server's time per handshake in a py-spy profile. Until
+  :func:`nodelay_on_listeners` says a runner's listeners have it, connections take
+  aiohttp's own per-connection path.
 - An upgraded WebSocket can outlive its request handler
   (:meth:`EchoRequestHandler.detach`, used by ``echo.engine.fast.fastpath.EchoResponse.detach``),
   which frees aiohttp's per-request objects for the connection's life.
@@ -19,15 +16,12 @@ Three changes to aiohttp's own, all below the application:
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_protocol import RequestHandler
-
-from echo.metrics import HANDSHAKE_TIMEOUT, METRICS_KEY, Metrics
 
 
 class _NoDelayFromListener(BaseProtocol):
@@ -48,8 +42,8 @@ _DETACHED: deque[Any] = deque(maxlen=0)  # a detached handler's (never used) req
 
 
 class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
-    """aiohttp's connection protocol: TCP_NODELAY from the listener, timeouts counted,
-    and WebSockets that outlive their request handler (:meth:`detach`)."""
+    """aiohttp's connection protocol: TCP_NODELAY from the listener, and WebSockets that
+    outlive their request handler (:meth:`detach`)."""
 
     __slots__ = ()
 
@@ -79,19 +73,11 @@ class EchoRequestHandler(RequestHandler, _NoDelayFromListener):
         elif data and self._payload_parser is not None:
             self._payload_parser.feed_data(data)
 
-    def _process_keepalive(self) -> None:
-        already = self._force_close
-        super()._process_keepalive()
-        if self._force_close and not already and self._request_count == 0:
-            manager = self._manager
-            if isinstance(manager, EchoHTTPServer) and manager.metrics is not None:
-                manager.metrics.refusal(HANDSHAKE_TIMEOUT)
-
 
 class EchoHTTPServer(web.Server):
     """aiohttp's low-level server whose connections are :class:`EchoRequestHandler`."""
 
-    def __init__(self, model: web.Server, metrics: Metrics | None) -> None:
+    def __init__(self, model: web.Server) -> None:
         super().__init__(
             model.request_handler,
             request_factory=model.request_factory,
@@ -99,7 +85,6 @@ class EchoHTTPServer(web.Server):
             loop=model._loop,
             **model._kwargs,
         )
-        self.metrics = metrics
         self.listener_nodelay = False  # set by nodelay_on_listeners
 
     def __call__(self) -> RequestHandler:
@@ -107,27 +92,17 @@ class EchoHTTPServer(web.Server):
 
 
 class EchoRunner(web.AppRunner):
-    """AppRunner whose server is an :class:`EchoHTTPServer` (metrics from the app)."""
+    """AppRunner whose server is an :class:`EchoHTTPServer`."""
 
     __slots__ = ()
 
     async def _make_server(self) -> web.Server:
-        return EchoHTTPServer(await super()._make_server(), self.app.get(METRICS_KEY))
+        return EchoHTTPServer(await super()._make_server())
 
 
-def nodelay_on_listeners(runner: web.BaseRunner, sockets: list[Any] | None = None) -> None:
-    """Set TCP_NODELAY on the runner's listening sockets, then stop setting it per
-    connection. ``sockets`` defaults to those of the runner's started sites."""
-    if sockets is None:
-        sockets = [
-            sock
-            for site in runner.sites
-            if (server := getattr(site, "_server", None)) is not None
-            for sock in server.sockets
-        ]
-    for sock in sockets:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def nodelay_on_listeners(runner: web.BaseRunner) -> None:
+    """echo.listeners serves ``runner``: its listening sockets have TCP_NODELAY, so the
+    connections need no system call of their own to set it."""
     server = runner.server
-    if isinstance(server, EchoHTTPServer) and sockets:
+    if isinstance(server, EchoHTTPServer):
         server.listener_nodelay = True

@@ -1,0 +1,372 @@
+"""The listening sockets, and the gate every accepted connection passes through.
+
+The server opens its own listeners with ``loop.create_server`` (public asyncio API)
+instead of aiohttp's sites; the protocol factory wraps aiohttp's ``web.Server``, which
+aiohttp documents as a protocol factory for ``loop.create_server``. That gives every
+engine, on every aiohttp release the dependency range allows, the same bounds:
+
+- **TLS** handshakes are bounded by HANDSHAKE_TIMEOUT (``ssl_handshake_timeout``; the
+  default is 60 s) and TLS closing handshakes by :func:`tls_shutdown_timeout`
+  (``ssl_shutdown_timeout``; the default is 30 s, during which a peer that never sends
+  its close_notify would keep the connection's slot and descriptor).
+- **The handshake deadline.** :class:`Gate` arms a timer when a connection is accepted
+  and disarms it once the first request's head is complete: a client that has not sent
+  one within HANDSHAKE_TIMEOUT is cut off (and counted, :class:`ListenerEvents`).
+  aiohttp's own keep-alive timer covers the time between later requests, but is armed
+  at accept time only by some releases (3.14.5, not 3.14.0-3.14.4 nor 3.15).
+- **The mask check and the position of the frames.** The gate feeds every chunk to an
+  :class:`echo.framing.StreamTracker` before aiohttp sees it; an unmasked client frame
+  stops the stream right before it (RFC 6455 5.1: the server must fail the
+  connection). In its place aiohttp's parser gets :data:`FAIL_FRAME`, a frame it fails
+  with 1002 itself, so the connection ends as aiohttp ends every protocol error, on
+  either engine: close 1002, transport closed, nothing after it parsed. What follows an
+  upgrade request is held until the engine has upgraded the connection
+  (:meth:`Gate.upgraded`), then passed to its frame parser; a refused upgrade ends the
+  connection, and what was held with it (aiohttp would parse it as HTTP; 3.14.0-3.14.3
+  then fail to answer at all).
+- **The size limit at the frame header.** A data frame that would take its message
+  past MAX_MESSAGE_SIZE stops the stream at its header (none of it is buffered), and
+  the engine is told to fail the connection with 1009 (:meth:`Gate.upgraded`).
+
+The gate stays in place for the connection's life: one Python call per chunk received,
+about what the fast path's own mask check cost before it moved here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+from aiohttp import web
+
+from echo.config import ServerSettings
+from echo.engine import ENGINE_KEY
+from echo.framing import FRAMES, STOPPED, StreamTracker
+from echo.logs import event
+from echo.tls import server_context, watch_client_certificates
+
+log = logging.getLogger("echo.server")
+
+BACKLOG = 1024  # pending connections the kernel queues for us
+CLOSE_TIMEOUT = 5.0  # how long to wait for the peer's close (WebSocket or TLS) after ours
+HOLD_LIMIT = 65_536  # bytes held before the upgrade is decided, before reading pauses
+# A fragmented ping (FIN clear on a control frame), masked, empty: every aiohttp release
+# fails it with 1002 ("fragmented control frame"; tests/test_engine_contract.py).
+FAIL_FRAME = b"\x09\x80\x00\x00\x00\x00"
+UNMASKED = "unmasked client frame"
+
+
+class ListenError(RuntimeError):
+    """The listening socket could not be opened (address in use, no permission)."""
+
+
+class ListenerEvents(Protocol):
+    """What the listeners report to the application."""
+
+    def handshake_timeout(self) -> None:
+        """A connection was cut off before it sent a complete request."""
+
+    def client_certificate_refused(self, reason: str) -> None:
+        """mTLS: a client's TLS handshake failed on its certificate (none, or one that
+        does not verify against TLS_CLIENT_CA_FILE); ``reason`` is OpenSSL's."""
+
+
+EVENTS_KEY = web.AppKey("echo_listener_events", ListenerEvents)  # set by echo.server
+
+
+def tls_shutdown_timeout(settings: ServerSettings) -> float:
+    """How long a TLS closing handshake may take: CLOSE_TIMEOUT, or HANDSHAKE_TIMEOUT
+    if that is shorter (the opening handshake's bound)."""
+    return min(CLOSE_TIMEOUT, settings.handshake_timeout)
+
+
+def runner_options(settings: ServerSettings) -> dict[str, Any]:
+    """Keyword arguments for aiohttp's runner that carry our settings to the HTTP layer.
+
+    The keep-alive timeout is HANDSHAKE_TIMEOUT: an idle HTTP connection between two
+    requests is closed after it (the gate bounds the time before the first). TCP
+    keep-alive (SO_KEEPALIVE, first probe after two idle hours by default) is left
+    off: the handshake timeout bounds idle HTTP connections and the heartbeat idle
+    WebSockets, much sooner; setting it cost a system call per connection.
+    """
+    return {
+        "access_log": None,
+        "tcp_keepalive": False,
+        "keepalive_timeout": settings.handshake_timeout,
+        "shutdown_timeout": settings.shutdown_timeout,
+    }
+
+
+class Gate(asyncio.Protocol):
+    """Stands between a connection's transport and aiohttp's connection protocol.
+
+    It passes everything on unchanged (writes do not go through it: aiohttp writes to
+    the transport), but for the bytes after an unmasked frame; see the module.
+    ``tracker.seen`` is set by every chunk received.
+    """
+
+    __slots__ = (
+        "_deadline",
+        "_events",
+        "_inner",
+        "_loop",
+        "_paused",
+        "_timer",
+        "_too_big",
+        "failure",
+        "tracker",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        inner: asyncio.Protocol,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        events: ListenerEvents,
+        limit: int,
+    ) -> None:
+        self._inner = inner
+        self._loop = loop
+        self._events = events
+        self._deadline = timeout  # a duration until connection_made makes it a time
+        self._timer: asyncio.TimerHandle | None = None
+        self._too_big: Callable[[], None] | None = None
+        self.transport: asyncio.Transport | None = None
+        self._paused = False  # reading paused while too much is held
+        self.tracker = StreamTracker(limit)
+        self.failure: str | None = None  # why FAIL_FRAME was passed on
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._deadline += self._loop.time()
+        self._timer = self._loop.call_at(
+            self._deadline, self._expired, cast(asyncio.Transport, transport)
+        )
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        tracker = self.tracker
+        if tracker.phase == FRAMES and not tracker.holding:  # upgraded: the hot path
+            passed = tracker.frames(data)
+        else:
+            passed = tracker.feed(data)
+        if self._timer is not None and tracker.requests:
+            self._timer.cancel()
+            self._timer = None
+        inner = self._inner
+        if isinstance(passed, bytes):  # all of it (a list when anything is held or dropped)
+            inner.data_received(passed)
+            return
+        for piece in passed:
+            if piece:
+                inner.data_received(piece)
+        if tracker.holding:  # frames before the upgrade: acted on in upgraded()
+            if tracker.held_bytes > HOLD_LIMIT and not self._paused:
+                self._paused = True
+                cast(asyncio.Transport, self.transport).pause_reading()
+            return
+        if tracker.violation and self.failure is None:
+            self.failure = UNMASKED
+            inner.data_received(FAIL_FRAME)
+        if tracker.too_big and self._too_big is not None:
+            too_big, self._too_big = self._too_big, None
+            too_big()
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._too_big = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            if self._loop.time() >= self._deadline and not self.tracker.requests:
+                self._events.handshake_timeout()  # aiohttp's own timer was as quick
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def _expired(self, transport: asyncio.Transport) -> None:
+        self._timer = None
+        if not self.tracker.requests:
+            self._events.handshake_timeout()
+            transport.abort()  # no TLS close_notify for a peer that sent nothing usable
+
+    def upgraded(self, too_big: Callable[[], None]) -> None:
+        """The engine upgraded the connection (its frame parser is set); ``too_big`` is
+        to fail it with 1009 once a message goes past the limit (at once if one did
+        already). Where the tracker cannot tell where its frames begin (echo.framing),
+        they cannot be checked: the connection is failed with 1002 at once."""
+        tracker = self.tracker
+        inner = self._inner
+        if not tracker.in_frames:
+            self.failure = "frames not locatable in the stream"
+            tracker.phase = STOPPED
+            inner.data_received(FAIL_FRAME)
+            return
+        for piece in tracker.release():  # what came with or after the upgrade request
+            if piece:
+                inner.data_received(piece)
+        if self._paused:
+            self._paused = False
+            cast(asyncio.Transport, self.transport).resume_reading()
+        if tracker.violation:
+            self.failure = UNMASKED
+            inner.data_received(FAIL_FRAME)
+        elif tracker.too_big:
+            too_big()
+        else:
+            self._too_big = too_big
+
+
+def gate_of(transport: asyncio.BaseTransport | None) -> Gate | None:
+    """The gate in front of a connection, if it came through our listeners."""
+    if transport is None:
+        return None
+    protocol = transport.get_protocol()
+    return protocol if isinstance(protocol, Gate) else None
+
+
+class Listeners:
+    """The listening servers of one process; :meth:`close` stops accepting."""
+
+    def __init__(self, servers: list[asyncio.Server]) -> None:
+        self.servers = servers
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [sock for server in self.servers for sock in server.sockets]
+
+    @property
+    def addresses(self) -> list[Any]:
+        return [sock.getsockname() for sock in self.sockets]
+
+    def close(self) -> None:
+        """Stop accepting; the open connections go on (the runner's cleanup ends them)."""
+        for server in self.servers:
+            server.close()
+
+
+async def listen(
+    runner: web.BaseRunner,
+    settings: ServerSettings,
+    events: ListenerEvents,
+    sockets: list[socket.socket] | None = None,
+) -> Listeners:
+    """Serve ``runner``'s app on HOST:PORT, or on the given listening ``sockets``
+    (inherited from gunicorn's master), TLS if configured. Raises ListenError."""
+    loop = asyncio.get_running_loop()
+    server = runner.server
+    assert server is not None, "runner.setup() first"
+    timeout = settings.handshake_timeout
+    limit = settings.max_message_size
+
+    def gate() -> Gate:
+        return Gate(server(), loop, timeout, events, limit)
+
+    options: dict[str, Any] = {"backlog": BACKLOG}
+    if settings.tls:
+        context: ssl.SSLContext = server_context(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        )
+        if settings.tls_client_ca_file:
+            watch_client_certificates(context, events.client_certificate_refused)
+        options.update(
+            ssl=context,
+            ssl_handshake_timeout=settings.handshake_timeout,
+            ssl_shutdown_timeout=tls_shutdown_timeout(settings),
+        )
+    servers: list[asyncio.Server] = []
+    try:
+        if sockets is None:
+            servers.append(await loop.create_server(gate, settings.host, settings.port, **options))
+        else:
+            for sock in sockets:
+                servers.append(await loop.create_server(gate, sock=sock, **options))
+    except OSError as error:
+        for opened in servers:
+            opened.close()
+        where = f"{settings.host}:{settings.port}"
+        raise ListenError(f"cannot listen on {where}: {error.strerror or error}") from None
+    listeners = Listeners(servers)
+    # Linux copies TCP_NODELAY from a listening socket to the sockets it accepts.
+    for sock in listeners.sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return listeners
+
+
+async def start(
+    app: web.Application, settings: ServerSettings, sockets: list[socket.socket] | None = None
+) -> tuple[web.AppRunner, Listeners]:
+    """Set up ``app`` on its engine's runner and serve it on our listeners (see
+    :func:`listen`); the caller closes the listeners, then cleans the runner up."""
+    engine = app[ENGINE_KEY]
+    runner = engine.runner(app, handle_signals=False, **runner_options(settings))
+    await runner.setup()
+    try:
+        listeners = await listen(runner, settings, app[EVENTS_KEY], sockets)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    engine.listening(runner)
+    return runner, listeners
+
+
+def log_listening(settings: ServerSettings, host: str, port: int) -> None:
+    """The "listening on" line, once per bound address (tests and people read the port),
+    naming the engine (``settings.engine``, resolved by echo.engine.choose).
+
+    Its URL is one a person can open: ``localhost`` for the wildcard addresses
+    (0.0.0.0, ::), which no browser can connect to.
+    """
+    everywhere = host in ("0.0.0.0", "::")
+    shown = "localhost" if everywhere else f"[{host}]" if ":" in host else host
+    http, ws = ("https", "wss") if settings.tls else ("http", "ws")
+    log.info(
+        "listening on %s://%s:%d/ (WebSocket %s://%s:%d/, %s engine)%s",
+        http,
+        shown,
+        port,
+        ws,
+        shown,
+        port,
+        settings.engine,
+        f"; all interfaces ({host})" if everywhere else "",
+        extra=event(
+            "listening",
+            url=f"{http}://{shown}:{port}/",
+            tls=settings.tls,
+            address=host,
+            engine=settings.engine,
+        ),
+    )
+
+
+def announce(settings: ServerSettings, addresses: list[tuple[str, int]]) -> None:
+    """Once listening: the settings line, then a "listening on" line per address.
+
+    Not before: a server that cannot listen says only that, in one line.
+    """
+    log_settings(settings)
+    for host, port in addresses:
+        log_listening(settings, host, port)
+
+
+def log_settings(settings: ServerSettings, omit: tuple[str, ...] = ()) -> None:
+    """One line with every setting in effect (secrets hidden; file names, not contents)."""
+    pairs = [(name, value) for name, value in settings.effective() if name not in omit]
+    log.info(
+        "settings %s",
+        " ".join(f"{name}={value}" for name, value in pairs),
+        extra=event("settings", **dict(pairs)),
+    )
