@@ -145,7 +145,7 @@ class EchoServer:
             return self.refuse(request, Refusal.DRAINING, origin, "the server is shutting down")
         controls: Controls | None = None
         query = request.rel_url.raw_query_string
-        if has_query(query):  # the only cost of controls on a connection without them
+        if query and has_query(query):  # all that controls cost a connection without them
             try:
                 controls = self.control_rules.parse(query)
             except ControlError as error:  # the one-line reason (peer text escaped)

@@ -227,6 +227,7 @@ async def test_behaviour_panel_builds_the_url_and_offers_a_subprotocol(
     await open_console(page, server.http + "/")
     await expect(page.get_by_role("status")).to_have_text("open")
     panel = page.get_by_role("region", name="Behaviour")
+    await panel.locator("summary").click()  # the panel starts folded
     await panel.get_by_label("Close after (messages)").fill("3")
     await panel.get_by_label("Close reason").fill("see you")
     await panel.get_by_label("Info as the first message").check()
@@ -358,6 +359,7 @@ async def test_a_control_set_from_the_panel_shows_its_effect(
     await expect(page.get_by_role("status")).to_have_text("open")
     await page.get_by_label("Reconnect automatically").uncheck()
     panel = page.get_by_role("region", name="Behaviour")
+    await panel.locator("summary").click()  # the panel starts folded
     await panel.get_by_label("Close after (messages)").fill("2")
     await panel.get_by_label("Close code").fill("4000")
     await panel.get_by_label("Close reason").fill("test over")
