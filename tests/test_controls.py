@@ -21,6 +21,7 @@ import pytest
 
 from echo.client import EchoClient
 from echo.engine.controlled import HELD_MESSAGES, ControlledSession
+from echo.listeners import CLOSE_TIMEOUT
 from echo.server import SERVER_KEY
 from tests.client_support import fast_settings
 from tests.nginx_support import Nginx, ensure_nginx
@@ -704,3 +705,18 @@ async def test_recipe_proxy_idle_timeout(start_app: ServerFactory, tmp_path: Any
             await quiet.close()
     finally:
         nginx.stop()
+
+
+async def test_a_drop_to_a_peer_that_never_reads_is_bounded(start_app: ServerFactory) -> None:
+    """drop_after_ms closes the transport once what was sent has gone out; a peer that
+    reads nothing (its echo stuck in the buffers) cannot hold the connection, and its
+    slot, beyond CLOSE_TIMEOUT after that (the heartbeat would take 45 s here)."""
+    server = await start_app(max_message_size=8 << 20)
+    peer = await raw(server, "drop_after_ms=500")
+    peer.writer.transport.pause_reading()  # type: ignore[attr-defined]
+    await peer.send(OP_BINARY, bytes(8 << 20))  # its echo cannot all fit in the buffers
+    echo = server.app[SERVER_KEY]
+    started = time.monotonic()
+    await wait_until(lambda: echo.limiter.open == 0, timeout=20)
+    assert time.monotonic() - started <= 0.5 + CLOSE_TIMEOUT + 3
+    peer.abort()
