@@ -58,6 +58,8 @@ FRAMES = 6  # WebSocket frames
 LOST = 7  # not followed any more: everything passes
 STOPPED = 8  # after an unmasked frame: nothing passes
 
+_NOTHING: list[bytes] = []  # shared by upgraded connections (never appended to)
+_NO_LINE = bytearray()  # likewise
 MAX_LINE = 65_536  # longer head or chunk lines are not followed (aiohttp's limit is 8190)
 _CRLF = b"\r\n"
 
@@ -258,10 +260,12 @@ class StreamTracker:
         return []
 
     def release(self) -> list[bytes]:
-        """The connection is upgraded: what was held, in order, to pass on now."""
+        """The connection is upgraded: what was held, in order, to pass on now. The
+        HTTP state is never used again: it goes (memory of every idle WebSocket)."""
         held = self.held
         self.holding = False
-        self.held = []
+        self.held = self._lengths = self._chunked = _NOTHING
+        self._line = _NO_LINE
         self.held_bytes = 0
         return held
 

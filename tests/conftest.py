@@ -8,6 +8,7 @@ engine. Tests that only make sense on one engine are marked ``only_engine("fast"
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -71,6 +72,10 @@ class AppServer:
     async def close(self) -> None:
         self.listeners.close()
         await self.runner.cleanup()
+        # The transports closed by the cleanup finish closing in callbacks of the next
+        # loop iteration; let them run before the test's loop is closed.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
 
 @pytest.fixture

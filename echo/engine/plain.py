@@ -10,8 +10,8 @@ hands compressed, debug-logged and test-controlled connections to.
 
 The loop owns the connection: every close frame the server sends is sent from it
 (aiohttp's own for protocol errors too, from inside ``receive()``), and a close asked
-for from elsewhere (shutdown, a failed mask check, test controls) is handed to it
-(:meth:`PlainSession.close`), which is what keeps the codes sent and received exact:
+for from elsewhere (shutdown, a frame past the size limit, test controls) is handed to
+it (:meth:`PlainSession.close`), which is what keeps the codes sent and received exact:
 aiohttp reads the peer's answer to a close only when no ``receive()`` is waiting.
 Per-connection behaviour extends the loop at its points: :meth:`PlainSession.echo`
 is :meth:`~PlainSession.received` (the promises: UTF-8, size limit, counting in) then
@@ -108,6 +108,7 @@ class PlainSession:
         self.app = app
         self.task: asyncio.Task[Any] | None = None
         self.closing = False  # the loop is closing: nothing to interrupt
+        self.interrupting = False  # we cancelled the loop's wait, it has not seen it yet
         self.requested: tuple[int, bytes] | None = None  # a close asked for from elsewhere
         self.failing = False  # the requested close fails the connection (echo.engine.plain.fail)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -118,10 +119,16 @@ class PlainSession:
         connection is over."""
         if self.requested is None:
             self.requested = (code, message)
-        task = self.task
-        if task is not None and not self.closing and task is not asyncio.current_task():
-            task.cancel()  # the loop is waiting (receive or send); it closes next
+        if self.task is not asyncio.current_task():
+            self._interrupt()
         await asyncio.shield(self.done)
+
+    def _interrupt(self) -> None:
+        """Cancel what the loop waits for (receive or send), once: it closes next."""
+        task = self.task
+        if task is not None and not self.closing and not self.interrupting:
+            self.interrupting = True
+            task.cancel()
 
     def too_big(self) -> None:
         """The gate stopped the stream at a frame that takes its message past
@@ -130,8 +137,7 @@ class PlainSession:
         if self.requested is None:
             self.requested = (protocol.MESSAGE_TOO_BIG, b"message too big")
             self.failing = True
-        if self.task is not None and not self.closing:
-            self.task.cancel()  # the loop is waiting (receive or send); it closes next
+        self._interrupt()
 
     async def run(self) -> None:
         """Echo until the connection ends; an error of ours closes it with 1011."""
@@ -193,9 +199,10 @@ class PlainSession:
         """After a CancelledError: whether it is :meth:`close`'s (the loop then closes)
         rather than aiohttp's (the handler is being cancelled, which goes on)."""
         task = self.task
-        if self.requested is None or task is None or task.cancelling() > 1:
+        if not self.interrupting or task is None or task.cancelling() > 1:
             return False
         task.uncancel()
+        self.interrupting = False
         return True
 
     async def echo(self, kind: WSMsgType, data: bytes | str) -> bool:
