@@ -47,7 +47,7 @@ from echo.config import ServerSettings
 from echo.engine import ENGINE_KEY
 from echo.framing import FRAMES, STOPPED, StreamTracker
 from echo.logs import event
-from echo.tls import server_context
+from echo.tls import server_context, watch_client_certificates
 
 log = logging.getLogger("echo.server")
 
@@ -69,6 +69,10 @@ class ListenerEvents(Protocol):
 
     def handshake_timeout(self) -> None:
         """A connection was cut off before it sent a complete request."""
+
+    def client_certificate_refused(self, reason: str) -> None:
+        """mTLS: a client's TLS handshake failed on its certificate (none, or one that
+        does not verify against TLS_CLIENT_CA_FILE); ``reason`` is OpenSSL's."""
 
 
 EVENTS_KEY = web.AppKey("echo_listener_events", ListenerEvents)  # set by echo.server
@@ -281,7 +285,11 @@ async def listen(
 
     options: dict[str, Any] = {"backlog": BACKLOG}
     if settings.tls:
-        context: ssl.SSLContext = server_context(settings.tls_cert_file, settings.tls_key_file)
+        context: ssl.SSLContext = server_context(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        )
+        if settings.tls_client_ca_file:
+            watch_client_certificates(context, events.client_certificate_refused)
         options.update(
             ssl=context,
             ssl_handshake_timeout=settings.handshake_timeout,

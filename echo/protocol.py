@@ -68,6 +68,8 @@ def select_subprotocol(offered: str | None, configured: tuple[str, ...]) -> tupl
         return next(((name,) for name in names if name in configured), ())
     first = names[0]
     return (first,) if SUBPROTOCOL_NAME.fullmatch(first) else ()
+
+
 def peer_fault(error: BaseException) -> str | None:
     """What the peer did wrong, if ``error`` (as aiohttp's ``receive()`` reports it) is
     the peer's protocol violation; None if it is not (our bug).

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 from aiohttp import hdrs, web
 
@@ -286,6 +287,26 @@ class EchoServer:
             extra=event("error", conn=conn.id, remote=conn.remote),
         )
 
+    def describe(
+        self, request: web.BaseRequest, conn: Connection, response: web.WebSocketResponse
+    ) -> dict[str, Any]:
+        """The ``info`` control's first message (echo.info)."""
+        controls = conn.controls
+        return self.info.describe(
+            request,
+            connection=conn.id,
+            response=response,
+            controls=None if controls is None else controls.describe(),
+        )
+
+    def client_certificate_refused(self, reason: str) -> None:
+        """mTLS: a TLS handshake failed on the client's certificate (the client has had
+        its TLS alert): counted and logged as a refusal. The TLS layer does not say
+        which peer it was."""
+        if self.metrics is not None:
+            self.metrics.refusal(Refusal.CLIENT_CERTIFICATE.value)
+        self.refusals.refused("-", None, Refusal.CLIENT_CERTIFICATE.value, preview(reason, 60))
+
     def handshake_timeout(self) -> None:
         """A connection sent no complete request within HANDSHAKE_TIMEOUT."""
         if self.metrics is not None:
@@ -302,8 +323,10 @@ class EchoServer:
             return
         code = conn.close_code if conn.close_code is not None else ABNORMAL_CLOSURE
         duration = time.monotonic() - conn.opened
+        # The test controls it asked for, percent-encoded (echo.controls): plain ASCII.
+        controls = None if conn.controls is None else conn.controls.describe()
         log.info(
-            "close id=%s code=%s sent=%s received=%s duration=%.3fs in=%d/%dB out=%d/%dB",
+            "close id=%s code=%s sent=%s received=%s duration=%.3fs in=%d/%dB out=%d/%dB%s",
             conn.id,
             code,
             "-" if conn.close_sent is None else conn.close_sent,
@@ -313,6 +336,7 @@ class EchoServer:
             conn.bytes_in,
             conn.messages_out,
             conn.bytes_out,
+            "" if controls is None else f" controls={controls}",
             extra=event(
                 "close",
                 conn=conn.id,
@@ -325,6 +349,7 @@ class EchoServer:
                 bytes_in=conn.bytes_in,
                 messages_out=conn.messages_out,
                 bytes_out=conn.bytes_out,
+                controls=controls,
             ),
         )
 

@@ -8,6 +8,8 @@ certificate that does not match its key stops the program before it listens.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
+from typing import ClassVar
 
 
 class EncryptedKeyError(ValueError):
@@ -19,6 +21,12 @@ def _refuse_password() -> str:
     raise EncryptedKeyError("the private key is encrypted")
 
 
+# OpenSSL's reasons for a server handshake that failed on the client's certificate.
+CERTIFICATE_REASONS = frozenset(
+    {"CERTIFICATE_VERIFY_FAILED", "PEER_DID_NOT_RETURN_A_CERTIFICATE", "NO_CERTIFICATE_RETURNED"}
+)
+
+
 class EchoSSLObject(ssl.SSLObject):
     """The TLS state of one server connection, with the server name the client asked
     for (SNI), which Python's SSLObject does not keep on the server side.
@@ -28,6 +36,33 @@ class EchoSSLObject(ssl.SSLObject):
     """
 
     server_name: str | None = None
+    # Told the reason when a handshake fails on the client's certificate (mTLS; set on
+    # a subclass per context by watch_client_certificates).
+    refused: ClassVar[tuple[Callable[[str], None], ...]] = ()
+
+    def do_handshake(self) -> None:
+        """The TLS handshake step the transport drives; a failure on the client's
+        certificate (the client gets its alert from OpenSSL) is also reported."""
+        try:
+            super().do_handshake()
+        except ssl.SSLError as error:
+            reason = getattr(error, "reason", None)
+            if reason in CERTIFICATE_REASONS:
+                for report in type(self).refused:
+                    report(reason)
+            raise
+
+
+def watch_client_certificates(context: ssl.SSLContext, report: Callable[[str], None]) -> None:
+    """Have ``report`` told OpenSSL's reason whenever a TLS handshake on ``context``
+    fails on the client's certificate. asyncio's and uvloop's listeners end such a
+    connection without telling the application; the handshake itself is ours to see,
+    through the SSLObject class the context creates."""
+
+    class Watched(EchoSSLObject):
+        refused = (report,)
+
+    context.sslobject_class = Watched
 
 
 def _note_server_name(

@@ -227,6 +227,7 @@ async def test_behaviour_panel_builds_the_url_and_offers_a_subprotocol(
     await open_console(page, server.http + "/")
     await expect(page.get_by_role("status")).to_have_text("open")
     panel = page.get_by_role("region", name="Behaviour")
+    await panel.locator("summary").click()  # the panel starts folded
     await panel.get_by_label("Close after (messages)").fill("3")
     await panel.get_by_label("Close reason").fill("see you")
     await panel.get_by_label("Info as the first message").check()
@@ -346,3 +347,34 @@ def answers(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+async def test_a_control_set_from_the_panel_shows_its_effect(
+    page: Page, server_process: StartServer
+) -> None:
+    """close_after=2 with code 4000 and a reason, set in the panel: after two echoes the
+    server closes, and the log says so; the info control's JSON comes first."""
+    server = server_process(**DEFAULT_ORIGINS)
+    await open_console(page, server.http + "/")
+    await expect(page.get_by_role("status")).to_have_text("open")
+    await page.get_by_label("Reconnect automatically").uncheck()
+    panel = page.get_by_role("region", name="Behaviour")
+    await panel.locator("summary").click()  # the panel starts folded
+    await panel.get_by_label("Close after (messages)").fill("2")
+    await panel.get_by_label("Close code").fill("4000")
+    await panel.get_by_label("Close reason").fill("test over")
+    await panel.get_by_label("Info as the first message").check()
+    await panel.get_by_role("button", name="Connect with these").click()
+    log = page.get_by_role("log")
+    received = log.locator("li.received")
+    await expect(received.first).to_contain_text('"connection": "c2"')
+    await expect(received.first).to_contain_text('"query": "close_after=2&close_code=4000')
+    for text in ("one", "two"):
+        await page.get_by_role("textbox", name="Message", exact=True).fill(text)
+        await page.get_by_role("button", name="Send", exact=True).click()
+        await expect(received.filter(has_text=text)).to_have_count(1)
+    await expect(log.locator("li.event").last).to_contain_text("code 4000 “test over”")
+    await expect(page.get_by_role("status")).to_have_text("closed")
+    await wait_until(lambda: "controls=close_after=2&close_code=4000" in server.log())
+    REPORTS.mkdir(exist_ok=True)
+    await page.screenshot(path=REPORTS / "browser-controls.png", full_page=True)

@@ -6,7 +6,9 @@ parsing rules and every bound of echo.controls.TABLE.
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -255,3 +257,18 @@ def test_settings_defaults_and_rules() -> None:
     assert settings.push_max_rate == 1_048_576
     off = ServerSettings.from_env({"CONTROLS": "false", "PUSH_MAX_RATE": "5"})
     assert (off.controls, off.push_max_rate) == (False, 5)
+
+
+def test_the_readme_table_lists_every_control_with_its_range() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Test controls", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        match.group(1): match.group(2)
+        for match in re.finditer(r"^\| `(\w+)` \| ([^|]+) \|", section, re.MULTILINE)
+    }
+    assert list(rows) == [spec.name for spec in TABLE]
+    for spec in TABLE:
+        if spec.kind is Kind.INTEGER and spec.high is not None:
+            assert f"{spec.low}-{spec.high}" in rows[spec.name], spec.name
+    assert rows["close_code"].startswith("1000, 1001, 1003, 1008, 1011-1014, 3000-4999")
+    assert rows["close_reason"].startswith("UTF-8, at most 123 bytes")

@@ -18,7 +18,13 @@ import aiohttp
 import pytest
 
 from echo.proxies import parse_trusted_proxies
-from tests.support import ServerFactory, ServerProcess, clean_env, run_server_briefly
+from tests.support import (
+    ServerFactory,
+    ServerProcess,
+    clean_env,
+    run_server_briefly,
+    wait_until,
+)
 from tests.test_httpecho import raw_request
 from tests.tls_support import (
     Pki,
@@ -43,6 +49,14 @@ async def get_json(url: str, **kwargs: Any) -> dict[str, Any]:
         assert response.content_type == "application/json"
         assert response.headers["Cache-Control"] == "no-store"
         return dict(await response.json())
+
+
+async def get_text(url: str, **kwargs: Any) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as response:
+        assert response.status == 200
+        text = await response.text()
+    await let_tls_close()
+    return text
 
 
 async def test_format_json_describes_the_request(start_app: ServerFactory) -> None:
@@ -245,6 +259,15 @@ async def test_mtls_refuses_other_clients_in_the_tls_handshake(
                 await response.read()
     await let_tls_close()
     assert "open id=" not in server.log()
+    await wait_until(lambda: "reason=client_certificate" in server.log())
+    lines = [x for x in server.log().splitlines() if "reason=client_certificate" in x]
+    assert all("refused remote=- origin=- reason=client_certificate (" in x for x in lines)
+    metrics = await get_text(
+        f"https://127.0.0.1:{server.port}/metrics", ssl=client_cert_context(pki, pki.client)
+    )
+    # aiohttp's client may try twice; each attempt is one refusal, counted and logged.
+    counted = f'echo_handshakes_refused_total{{reason="client_certificate"}} {len(lines)}.0'
+    assert counted in metrics
 
 
 @pytest.mark.parametrize(

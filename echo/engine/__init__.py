@@ -47,6 +47,8 @@ from typing import Any, Protocol
 from aiohttp import hdrs, web
 
 from echo.config import ServerSettings
+from echo.controls import Controls
+from echo.protocol import select_subprotocol
 
 log = logging.getLogger("echo.server")
 
@@ -83,6 +85,7 @@ class Connection(Traffic):
     origin: str | None = None
     opened: float = field(default_factory=time.monotonic)
     upgraded: bool = False  # set by App.opened
+    controls: Controls | None = None  # the test controls it asked for (echo.controls)
     close_sent: int | None = None
     close_received: int | None = None
     close_code: int | None = None
@@ -141,6 +144,12 @@ class App(Protocol):
     def internal_error(self, conn: Connection, error: BaseException) -> None:
         """Our bug while serving ``conn``; the engine closes with 1011."""
 
+    def describe(
+        self, request: web.BaseRequest, conn: Connection, response: web.WebSocketResponse
+    ) -> dict[str, Any]:
+        """The connection info (echo.info) of an upgraded connection: the ``info``
+        control's first message."""
+
 
 class Engine(Protocol):
     """Moves frames for the connections the application admits."""
@@ -170,14 +179,18 @@ class Engine(Protocol):
 ENGINE_KEY = web.AppKey("echo_engine", Engine)  # the app's engine (set by echo.server)
 
 
-def plain_reason(request: web.Request, settings: ServerSettings) -> str | None:
+def plain_reason(request: web.Request, conn: Connection, settings: ServerSettings) -> str | None:
     """Why a connection must run on the plain path even under the fast engine, or None.
 
-    The one place that decides what a connection asks for: compression offered (the
-    compressor is shared with the replies), debug logging (every message is logged).
-    Test controls (issue 17) will add theirs here. (The fast engine also hands on what
-    it technically cannot serve: a runner it cannot detach from, as adev's.)
+    The one place that decides what a connection asks for: test controls (the plain
+    engine's loop carries them out; the application parsed them from the query string
+    before, a check that costs connections without a query string nothing), compression
+    offered (the compressor is shared with the replies), debug logging (every message
+    is logged). (The fast engine also hands on what it technically cannot serve: a
+    runner it cannot detach from, as adev's.)
     """
+    if conn.controls is not None:
+        return "controls"
     if (
         settings.compression
         and "permessage-deflate" in request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS, "").lower()
@@ -186,6 +199,14 @@ def plain_reason(request: web.Request, settings: ServerSettings) -> str | None:
     if log.isEnabledFor(logging.DEBUG):
         return "debug"
     return None
+
+
+def subprotocols(request: web.BaseRequest, settings: ServerSettings) -> tuple[str, ...]:
+    """The ``protocols`` both engines give aiohttp's WebSocketResponse: the one the
+    upgrade selects under SUBPROTOCOLS (echo.protocol.select_subprotocol), or none."""
+    return select_subprotocol(
+        request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL), settings.subprotocols
+    )
 
 
 class EngineUnavailable(RuntimeError):

@@ -6,17 +6,18 @@ the request handler's task that echoes every data message with the opcode it cam
 with, until the connection ends. Nothing here touches aiohttp's private names, so it
 works on every aiohttp release the dependency range allows; it is the fallback when the
 fast engine is not proven, what ``make dev`` (adev) runs, and the path the fast engine
-hands compressed and debug-logged connections to.
+hands compressed, debug-logged and test-controlled connections to.
 
 The loop owns the connection: every close frame the server sends is sent from it
 (aiohttp's own for protocol errors too, from inside ``receive()``), and a close asked
-for from elsewhere (shutdown, a frame past the size limit, later test controls) is
-handed to it (:meth:`PlainSession.close`), which is what keeps the codes sent and
-received exact: aiohttp reads the peer's answer to a close only when no ``receive()``
-is waiting.
-Per-connection behaviour (a delay before each echo, closing after N messages, no
-pongs, server pings and pushes, fragmented sends) belongs in :meth:`PlainSession.echo`
-and the loop around it.
+for from elsewhere (shutdown, a frame past the size limit, test controls) is handed to
+it (:meth:`PlainSession.close`), which is what keeps the codes sent and received exact:
+aiohttp reads the peer's answer to a close only when no ``receive()`` is waiting.
+Per-connection behaviour extends the loop at its points: :meth:`PlainSession.echo`
+is :meth:`~PlainSession.received` (the promises: UTF-8, size limit, counting in) then
+:meth:`~PlainSession.send` (sending, counting out); pings and pongs reach the loop
+when autoping is off, and a ``receive_timeout`` ends a silent connection with 1001.
+Test controls (echo.engine.controlled) are built on these.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from echo import protocol
-from echo.engine import App, Connection
+from echo.engine import App, Connection, subprotocols
 from echo.httperrors import ErrorPages
 from echo.listeners import CLOSE_TIMEOUT, gate_of
 from echo.text import preview
 
 log = logging.getLogger("echo.server")
+
+IDLE_MESSAGE = b"no frame for too long"  # the close reason after receive_timeout
 
 _WS_OPTIONS = inspect.signature(web.WebSocketResponse.__init__).parameters
 # aiohttp 3.14 can hand text over undecoded (we only check it is UTF-8, never use it).
@@ -170,6 +173,9 @@ class PlainSession:
                 if not self._asked_to_close():
                     raise
                 continue
+            except TimeoutError:  # receive_timeout, set without a heartbeat: silent too long
+                await self.shut(protocol.GOING_AWAY, IDLE_MESSAGE)
+                return
             kind = msg.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                 try:
@@ -186,6 +192,8 @@ class PlainSession:
             elif kind is WSMsgType.ERROR:
                 self.failed(msg.data)
                 return
+            elif kind is WSMsgType.PING or kind is WSMsgType.PONG:
+                continue  # without autoping (the ignore_pings control): never answered
             else:  # CLOSING or CLOSED: aiohttp is done with it
                 return
 
@@ -201,24 +209,32 @@ class PlainSession:
 
     async def echo(self, kind: WSMsgType, data: bytes | str) -> bool:
         """Echo one data message; False if it closed the connection instead."""
+        payload = await self.received(kind, data)
+        if payload is None:
+            return False
+        await self.send(kind, data, payload)
+        return True
+
+    async def received(self, kind: WSMsgType, data: bytes | str) -> bytes | None:
+        """Check a data message against the promises (UTF-8, size limit) and count it
+        in; its payload, or None if it closed the connection instead."""
         conn = self.conn
         payload = data.encode() if isinstance(data, str) else data
         size = len(payload)
         if kind is WSMsgType.TEXT and not isinstance(data, str) and not protocol.is_utf8(payload):
             self.app.peer_error(conn, "invalid UTF-8 text")
             await self.shut(protocol.INVALID_PAYLOAD, b"invalid UTF-8")
-            return False
+            return None
         if size > self.app.settings.max_message_size:
             self.app.peer_error(conn, f"message of {size} bytes over limit")
             await self.shut(protocol.MESSAGE_TOO_BIG, b"message too big")
-            return False
-        binary = kind is WSMsgType.BINARY
+            return None
         conn.messages_in += 1
         conn.bytes_in += size
         sizes = self.app.sizes
         if sizes is not None:
             sizes.observe(size)
-            if binary:
+            if kind is WSMsgType.BINARY:
                 conn.binary_in += 1
                 conn.binary_bytes_in += size
         if log.isEnabledFor(logging.DEBUG):
@@ -229,18 +245,27 @@ class PlainSession:
                 size,
                 preview(payload, 60),
             )
-        if binary:
+        return payload
+
+    async def send(self, kind: WSMsgType, data: bytes | str, payload: bytes) -> None:
+        """Send a data message (``data`` as received, ``payload`` its bytes) and count
+        it out."""
+        if kind is WSMsgType.BINARY:
             await self.ws.send_bytes(payload)
         elif isinstance(data, str):
             await self.ws.send_str(data)
         else:
             await self.ws.send_frame(payload, WSMsgType.TEXT)
+        self.sent(kind, len(payload))
+
+    def sent(self, kind: WSMsgType, size: int) -> None:
+        """Count a data message the server sent."""
+        conn = self.conn
         conn.messages_out += 1
         conn.bytes_out += size
-        if sizes is not None and binary:
+        if kind is WSMsgType.BINARY and self.app.sizes is not None:
             conn.binary_out += 1
             conn.binary_bytes_out += size
-        return True
 
     def failed(self, error: BaseException) -> None:
         """receive() returned an error; aiohttp has closed already (our close() chose
@@ -300,20 +325,30 @@ class PlainEngine:
     async def accept(self, request: web.Request, conn: Connection, app: App) -> web.StreamResponse:
         settings = app.settings
         transport = request.transport
-        ws = PlainResponse(
-            conn,
-            transport,
-            autoping=True,
-            autoclose=False,  # the loop answers close frames, with the code they deserve
-            heartbeat=settings.heartbeat_interval,
-            compress=settings.compression,
+        options: dict[str, Any] = {
+            "protocols": subprotocols(request, settings),
+            "autoping": True,
+            "autoclose": False,  # the loop answers close frames, with the code they deserve
+            "heartbeat": settings.heartbeat_interval,
+            "compress": settings.compression,
             # aiohttp refuses a plain frame of exactly max_msg_size bytes but accepts
             # one byte more when decompressing; echo() checks the rest.
-            max_msg_size=settings.max_message_size + 1,
-            timeout=CLOSE_TIMEOUT,
-        )
-        await ws.prepare(request)
-        session = PlainSession(ws, conn, app)
+            "max_msg_size": settings.max_message_size + 1,
+            "timeout": CLOSE_TIMEOUT,
+        }
+        controls = conn.controls
+        if controls is not None:  # test controls (echo.engine.controlled)
+            from echo.engine import controlled
+
+            options.update(controlled.response_options(controls, settings))
+        ws = PlainResponse(conn, transport, **options)
+        writer = await ws.prepare(request)
+        session: PlainSession
+        if controls is None:
+            session = PlainSession(ws, conn, app)
+        else:
+            info = app.describe(request, conn, ws) if controls.info else None
+            session = controlled.ControlledSession(ws, conn, app, controls, writer, info)
         app.opened(session, conn)
         try:
             gate = gate_of(transport)

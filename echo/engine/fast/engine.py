@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from echo import protocol
-from echo.engine import App, Connection, plain_reason
+from echo.engine import App, Connection, plain_reason, subprotocols
 from echo.engine.fast.fastpath import EchoResponse
 from echo.engine.fast.heartbeat import Heartbeat
 from echo.engine.fast.runner import EchoRequestHandler, EchoRunner, nodelay_on_listeners
@@ -164,13 +164,14 @@ class FastEngine:
     async def accept(self, request: web.Request, conn: Connection, app: App) -> web.StreamResponse:
         gate = gate_of(request.transport)
         if (
-            plain_reason(request, app.settings) is not None
+            plain_reason(request, conn, app.settings) is not None
             or gate is None  # not through our listeners: no gate to check the frames
             or not isinstance(request.protocol, EchoRequestHandler)  # cannot detach
         ):
             return await self.plain.accept(request, conn, app)
         ws = EchoResponse(
             conn=conn,
+            protocols=subprotocols(request, app.settings),
             autoping=True,
             autoclose=False,
             heartbeat=self.heartbeat,
