@@ -261,7 +261,9 @@ async def test_container_serves_read_only_as_the_non_root_user(
         async with session.post(f"{container.http}/any/path?x=1", data=b"body") as response:
             text = await response.text()
             assert response.status == 200
-            assert text.startswith("POST /any/path?x=1 HTTP/1.1")
+            instance, request_line = text.split("\r\n")[:2]
+            assert instance.startswith("# instance ") and "name=echo-test-1" in instance
+            assert request_line == "POST /any/path?x=1 HTTP/1.1"
             assert text.endswith("\r\n\r\nbody")
         origin = "https://echo.example.com"
         async with session.ws_connect(container.url, origin=origin) as ws:
