@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 import trustme
 
-from echo.client import CertificateUntrusted, EchoClient, _Transport
+from echo.client import CertificateUntrusted, EchoClient
+from echo.client.dialer import Dialer
 from echo.config import ClientSettings, ConfigError, ServerSettings
 from echo.tls import client_context
 from tests.client_support import ClientProcess, fast_client_env, fast_settings, parse_summary
@@ -205,19 +206,16 @@ async def test_client_waits_for_the_tls_shutdown_of_each_connection(
     # aiohttp forgets a transport once it has closed it; a TLS one is still exchanging
     # close_notify then, and would be leaked if the client's event loop ended first.
     server = start_tls_server(server_process, pki)
-    context = client_context(str(pki.ca))
-    async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(
-            f"wss://127.0.0.1:{server.port}/", ssl=context, decode_text=False
-        )
-        transport = _Transport.of(ws)
-        assert transport is not None, "aiohttp's internals changed: the transport is not found"
-        assert transport.closed is not None
-        await ws.close()
-        await transport.wait_closed(5)
-        assert transport.closed.done()
-        assert transport.transport is not None
-        assert transport.transport.is_closing()
+    settings = fast_settings(f"wss://127.0.0.1:{server.port}/", ca_file=str(pki.ca))
+    dialer = Dialer(settings)
+    async with dialer.session() as session:
+        link = await dialer.connect(session)
+        watch = link._transport
+        assert watch is not None, "the trace hook saw no transport under the WebSocket"
+        assert not watch.closed
+        await link.close()
+        assert watch.closed  # the socket is gone: close_notify exchanged, or aborted
+        assert watch.transport.is_closing()
 
 
 async def test_sigterm_closes_wss_connections_with_1001_and_exits_0(

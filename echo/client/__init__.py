@@ -18,7 +18,6 @@ TLS, redirects) and reports through :mod:`~echo.client.events`.
 from __future__ import annotations
 
 from echo.client.cli import main
-from echo.client.dialer import _Transport
 from echo.client.errors import (
     CertificateUntrusted,
     FatalError,
@@ -39,6 +38,5 @@ __all__ = [
     "OriginRefused",
     "RedirectRefused",
     "Stats",
-    "_Transport",
     "main",
 ]

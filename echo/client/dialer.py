@@ -31,12 +31,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import aiohttp_socks
 from aiohttp import WSMsgType, hdrs
-from aiohttp.http_websocket import WSMessageNoDecodeText
 from yarl import URL
 
 from echo.client.backoff import Attempts, parse_retry_after
@@ -56,6 +55,21 @@ from echo.tls import client_context
 log = logging.getLogger("echo.client")
 
 WebSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
+
+
+class Message(Protocol):
+    """A message as ``receive()`` returns it (``aiohttp.WSMessage``, or its twin with
+    TEXT as undecoded bytes: the client asks for ``decode_text=False``)."""
+
+    @property
+    def type(self) -> WSMsgType: ...
+
+    @property
+    def data(self) -> Any: ...
+
+    @property
+    def extra(self) -> str | None: ...
+
 
 BODY_LIMIT = 2048  # bytes of a refused handshake's body read for the reason
 REASON_LIMIT = 200  # characters of that reason shown
@@ -91,6 +105,7 @@ class Exchange:
     response: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     location: str | None = None
+    transport: asyncio.Transport | None = None  # the connection's, once upgraded (101)
 
     def said(self) -> str:
         """The server's reason from the body: one escaped line, cut to REASON_LIMIT."""
@@ -153,6 +168,9 @@ async def _on_request_end(
         return
     exchange.status, exchange.reason = response.status, response.reason or ""
     exchange.response = _decode(response.raw_headers)
+    connection = response.connection
+    if connection is not None and isinstance(connection.transport, asyncio.Transport):
+        exchange.transport = connection.transport
     if response.status != 101:
         # The refusal's reason; bounded in size here and in time by the handshake's limit.
         body = b""
@@ -222,8 +240,8 @@ class Link:
         self.subprotocol = ws.protocol
         self.extensions = exchange.header(hdrs.SEC_WEBSOCKET_EXTENSIONS) or ""
         self.info: object | None = None
-        self._first: WSMessageNoDecodeText | None = None
-        self._transport = _Transport.of(ws)
+        self._first: Message | None = None
+        self._transport = TransportWatch.of(exchange.transport)
 
     def where(self) -> str:
         """The URL connected to, and the one it was redirected from, for log lines."""
@@ -267,7 +285,7 @@ class Link:
                 return
         self._first = msg
 
-    async def receive(self) -> WSMessageNoDecodeText:
+    async def receive(self) -> Message:
         if self._first is not None:
             msg, self._first = self._first, None
             return msg
@@ -517,45 +535,45 @@ def _mask(name: str, value: str) -> str:
     return mask_header(name.encode("latin-1"), value.encode("latin-1")).decode("latin-1")
 
 
-def _consume(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
+CLOSED_POLL = 0.01  # how often wait_closed looks at the socket
 
 
-class _Transport:
+class TransportWatch:
     """The transport under a WebSocket, to see it really closed before moving on.
 
     aiohttp closes a connection's transport and forgets it (aiohttp issue #1925). A TLS
     transport then still exchanges close_notify with the server; if the event loop ends
     first, the socket is leaked (ResourceWarning at exit). ``wait_closed`` waits for
     the end of that exchange, bounded, and aborts the transport if it takes too long.
-    aiohttp offers no public way to reach the transport of a WebSocket, hence the
-    private attribute; without it, nothing is waited for.
+    The transport is the handshake response's connection's (public API, seen by the
+    trace hook); its end shows as its socket's descriptor going (-1), on asyncio's
+    loop and uvloop alike.
     """
 
-    def __init__(self, protocol: aiohttp.client_proto.ResponseHandler) -> None:
-        self.protocol = protocol
-        self.transport = protocol.transport
-        self.closed = protocol.closed  # created now, so connection_lost will resolve it
-        if self.closed is not None:
-            # A connection lost with an error sets it; that is no news to anyone here.
-            self.closed.add_done_callback(_consume)
+    def __init__(self, transport: asyncio.Transport, sock: Any) -> None:
+        self.transport = transport
+        self.socket = sock
 
     @classmethod
-    def of(cls, ws: WebSocket) -> _Transport | None:
-        response = getattr(ws, "_response", None)
-        connection = getattr(response, "connection", None)
-        protocol = getattr(connection, "protocol", None)
-        if isinstance(protocol, aiohttp.client_proto.ResponseHandler):
-            return cls(protocol)
-        return None
+    def of(cls, transport: asyncio.Transport | None) -> TransportWatch | None:
+        if transport is None:
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.fileno() == -1:
+            return None  # gone already, or nothing to watch
+        return cls(transport, sock)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.socket.fileno() == -1)
 
     async def wait_closed(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for connection_lost; then abort the transport."""
-        if self.closed is None:
-            return  # connection_lost came already
-        done, _ = await asyncio.wait({self.closed}, timeout=grace)
-        if not done and self.transport is not None:
+        """Wait up to ``grace`` seconds for the socket to close; then abort the transport."""
+        for _ in range(max(1, int(grace / CLOSED_POLL))):
+            if self.closed:
+                return
+            await asyncio.sleep(CLOSED_POLL)
+        if not self.closed:
             self.transport.abort()
 
 
