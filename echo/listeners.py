@@ -120,11 +120,14 @@ class Gate(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_closer",
         "_deadline",
         "_events",
         "_inner",
         "_loop",
+        "_lost",
         "_paused",
+        "_stall",
         "_timer",
         "_too_big",
         "failure",
@@ -145,6 +148,9 @@ class Gate(asyncio.Protocol):
         self._events = events
         self._deadline = timeout  # a duration until connection_made makes it a time
         self._timer: asyncio.TimerHandle | None = None
+        self._closer: asyncio.TimerHandle | None = None  # see closing()
+        self._stall: asyncio.TimerHandle | None = None  # see pause_writing()
+        self._lost = False
         self._too_big: Callable[[], None] | None = None
         self.transport: asyncio.Transport | None = None
         self._paused = False  # reading paused while too much is held
@@ -192,6 +198,11 @@ class Gate(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._too_big = None
+        self._lost = True
+        for timer in (self._closer, self._stall):
+            if timer is not None:
+                timer.cancel()
+        self._closer = self._stall = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -200,10 +211,45 @@ class Gate(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        """The peer is not reading what we write: while that lasts, look every
+        CLOSE_TIMEOUT whether the connection was closed meanwhile (by aiohttp itself,
+        say its heartbeat), and bound its end as :meth:`closing` does."""
+        if self._stall is None and self._closer is None and not self._lost:
+            self._stall = self._loop.call_later(CLOSE_TIMEOUT, self._stalled)
         self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         self._inner.resume_writing()
+
+    def closing(self) -> None:
+        """The server has begun to close the connection (its close frame is sent or on
+        its way, or its transport is closing). A transport closes only once what is
+        buffered has gone out, and waiting for a peer that reads nothing (for our close
+        frame, or its own) has no end: the connection is aborted if it is not over
+        within CLOSE_TIMEOUT."""
+        if self._closer is None and self.transport is not None and not self._lost:
+            if self._stall is not None:
+                self._stall.cancel()
+                self._stall = None
+            self._closer = self._loop.call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _stalled(self) -> None:
+        self._stall = None
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.is_closing():
+            self.closing()
+        else:
+            self._stall = self._loop.call_later(CLOSE_TIMEOUT, self._stalled)
+
+    def _abort(self) -> None:
+        self._closer = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def _expired(self, transport: asyncio.Transport) -> None:
         self._timer = None
@@ -244,6 +290,14 @@ def gate_of(transport: asyncio.BaseTransport | None) -> Gate | None:
         return None
     protocol = transport.get_protocol()
     return protocol if isinstance(protocol, Gate) else None
+
+
+def closing(transport: asyncio.BaseTransport | None) -> None:
+    """The server begins to close this connection: bound its end (:meth:`Gate.closing`).
+    Connections not served through our listeners (adev's) have no gate and no bound."""
+    gate = gate_of(transport)
+    if gate is not None:
+        gate.closing()
 
 
 class Listeners:

@@ -33,7 +33,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from echo import protocol
 from echo.engine import App, Connection, subprotocols
 from echo.httperrors import ErrorPages
-from echo.listeners import CLOSE_TIMEOUT, gate_of
+from echo.listeners import CLOSE_TIMEOUT, closing, gate_of
 from echo.text import preview
 
 log = logging.getLogger("echo.server")
@@ -80,6 +80,7 @@ class PlainResponse(web.WebSocketResponse):
         transport = self.echo_transport
         if transport is not None and not transport.is_closing():
             conn.sent_close(code)
+        closing(transport)  # a peer that reads nothing cannot hold it past CLOSE_TIMEOUT
         result = await super().close(code=code, message=message, drain=drain)
         # Our loop never closes while a receive() waits, so aiohttp read the peer's
         # answer unless the peer closed first (already recorded) or aiohttp had given

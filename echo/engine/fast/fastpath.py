@@ -58,7 +58,7 @@ from echo.engine import Connection, Sizes, Traffic
 from echo.engine.fast.heartbeat import Heartbeat
 from echo.engine.fast.runner import EchoRequestHandler
 from echo.framing import StreamTracker
-from echo.listeners import gate_of
+from echo.listeners import closing, gate_of
 from echo.protocol import INTERNAL_ERROR, close_reply, is_utf8
 
 _TEXT = WSMsgType.TEXT
@@ -379,6 +379,7 @@ class EchoResponse(web.WebSocketResponse):
             conn.received_close(self._close_code or 0)
         if not writer.transport.is_closing():
             conn.sent_close(code)
+        closing(writer.transport)  # a peer that reads nothing cannot hold it past CLOSE_TIMEOUT
         result = await super().close(code=code, message=message, drain=drain)
         if not peer_first and not self._closing:
             answer = self._close_code
@@ -460,6 +461,9 @@ class EchoResponse(web.WebSocketResponse):
         writer._closing = True
         self._close_transport()
         self._parser = None
+        transport = writer.transport
+        if transport is not None and transport.get_write_buffer_size():
+            closing(transport)  # it ends once that has gone out, if the peer reads
 
     @property
     def pending(self) -> bool:
