@@ -35,6 +35,7 @@ about what the fast path's own mask check cost before it moved here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -126,6 +127,7 @@ class Gate(asyncio.Protocol):
         "_inner",
         "_loop",
         "_lost",
+        "_open",
         "_paused",
         "_stall",
         "_timer",
@@ -142,8 +144,10 @@ class Gate(asyncio.Protocol):
         timeout: float,
         events: ListenerEvents,
         limit: int,
+        open_gates: OpenGates | None = None,
     ) -> None:
         self._inner = inner
+        self._open = open_gates
         self._loop = loop
         self._events = events
         self._deadline = timeout  # a duration until connection_made makes it a time
@@ -159,6 +163,8 @@ class Gate(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self._open is not None:
+            self._open.add(self)
         self._deadline += self._loop.time()
         self._timer = self._loop.call_at(
             self._deadline, self._expired, cast(asyncio.Transport, transport)
@@ -203,6 +209,8 @@ class Gate(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._closer = self._stall = None
+        if self._open is not None:
+            self._open.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -300,11 +308,31 @@ def closing(transport: asyncio.BaseTransport | None) -> None:
         gate.closing()
 
 
-class Listeners:
-    """The listening servers of one process; :meth:`close` stops accepting."""
+class OpenGates:
+    """The gates of the connections a process's listeners accepted that are not over."""
 
-    def __init__(self, servers: list[asyncio.Server]) -> None:
+    def __init__(self) -> None:
+        self.gates: set[Gate] = set()
+        self.none = asyncio.Event()  # set while there are none
+        self.none.set()
+
+    def add(self, gate: Gate) -> None:
+        self.gates.add(gate)
+        self.none.clear()
+
+    def discard(self, gate: Gate) -> None:
+        self.gates.discard(gate)
+        if not self.gates:
+            self.none.set()
+
+
+class Listeners:
+    """The listening servers of one process; :meth:`close` stops accepting, ``gates``
+    are the connections they accepted that are not over yet."""
+
+    def __init__(self, servers: list[asyncio.Server], gates: OpenGates | None = None) -> None:
         self.servers = servers
+        self.open = OpenGates() if gates is None else gates
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -318,6 +346,18 @@ class Listeners:
         """Stop accepting; the open connections go on (the runner's cleanup ends them)."""
         for server in self.servers:
             server.close()
+
+    async def wait_closed(self, grace: float) -> None:
+        """After the runner's cleanup: give the connections still closing (a TLS
+        close_notify exchange, a close the gate bounds) up to ``grace`` seconds to
+        end, then abort them, so that none is left open when the event loop ends."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.open.none.wait()
+        for gate in list(self.open.gates):
+            if gate.transport is not None:
+                gate.transport.abort()
+        await asyncio.sleep(0)  # the aborted transports' connection_lost run now
 
 
 async def listen(
@@ -333,9 +373,10 @@ async def listen(
     loop = asyncio.get_running_loop()
     timeout = settings.handshake_timeout
     limit = settings.max_message_size
+    gates = OpenGates()
 
     def gate() -> Gate:
-        return Gate(protocols(), loop, timeout, events, limit)
+        return Gate(protocols(), loop, timeout, events, limit, gates)
 
     options: dict[str, Any] = {"backlog": BACKLOG}
     if settings.tls:
@@ -361,7 +402,7 @@ async def listen(
             opened.close()
         where = f"{settings.host}:{settings.port}"
         raise ListenError(f"cannot listen on {where}: {error.strerror or error}") from None
-    listeners = Listeners(servers)
+    listeners = Listeners(servers, gates)
     # Linux copies TCP_NODELAY from a listening socket to the sockets it accepts.
     for sock in listeners.sockets:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -385,6 +426,36 @@ async def start(
         raise
     engine.listening(runner)
     return runner, listeners
+
+
+async def stop_serving(
+    app: web.Application,
+    runner: web.BaseRunner,
+    listeners: Listeners,
+    settings: ServerSettings,
+    *,
+    graceful: bool,
+) -> None:
+    """Stop accepting, close the WebSockets with 1001 (``graceful``), clean the runner
+    up, and give the connections the rest of SHUTDOWN_TIMEOUT to end (a TLS
+    close_notify exchange) before they are aborted: none is left open when the event
+    loop ends.
+
+    The WebSockets are closed before the runner's cleanup: its first step (aiohttp's
+    ``pre_shutdown``) has each connection handler still attached drop whatever
+    arrives, the peers' answers to our 1001 included, which left the plain engine
+    waiting CLOSE_TIMEOUT for each. (The cleanup sends ``on_shutdown`` again, and the
+    server's hook finds nothing left to close.)
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (settings.shutdown_timeout if graceful else 0)
+    listeners.close()
+    try:
+        if graceful:
+            await app.shutdown()  # the on_shutdown hooks: echo.server closes with 1001
+    finally:
+        await runner.cleanup()
+        await listeners.wait_closed(max(0.0, deadline - loop.time()))
 
 
 def log_listening(settings: ServerSettings, host: str, port: int) -> None:

@@ -10,6 +10,7 @@ engine says it is over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -48,7 +49,7 @@ from echo.handshake import key_valid, without_invalid_offers
 from echo.httpecho import add_http_echo, expect_continue, is_upgrade, wants_json
 from echo.info import InfoBuilder, Instance
 from echo.limits import ConnectionLimiter, Refusal
-from echo.listeners import EVENTS_KEY, ListenError, announce, start
+from echo.listeners import EVENTS_KEY, ListenError, announce, start, stop_serving
 from echo.logs import clip, configure_logging, event, install_filters
 from echo.metrics import HANDSHAKE_TIMEOUT, Metrics, add_metrics
 from echo.origins import Origin, own_origin
@@ -94,6 +95,7 @@ class EchoServer:
         self.engine = engine
         self.limiter = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
         self.connections: dict[Handle, Connection] = {}
+        self._all_ended: asyncio.Future[None] | None = None  # set by shutdown
         self.started = time.monotonic()
         self._ids = itertools.count(1)
         # Workers share one log: their connection ids carry the process id (w1234-c1).
@@ -269,6 +271,9 @@ class EchoServer:
     def ended(self, handle: Handle, conn: Connection) -> None:
         """The connection is over: give back its slot, count it, log it."""
         del self.connections[handle]
+        all_ended = self._all_ended
+        if all_ended is not None and not self.connections and not all_ended.done():
+            all_ended.set_result(None)
         if self.metrics is not None:
             self.metrics.connection_closed(conn)
         self._log_closed(conn)
@@ -363,10 +368,13 @@ class EchoServer:
     async def shutdown(self, _app: web.Application | None = None) -> None:
         """Close every open WebSocket with 1001, waiting at most SHUTDOWN_TIMEOUT."""
         self.readiness.draining = True  # not ready from here on, drained or not
-        if not self.connections:
+        if not self.connections or self._all_ended is not None:  # none, or done once
             return
         count = len(self.connections)
         log.info("shutdown: closing %d connection(s)", count, extra=event("shutdown", open=count))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout
+        self._all_ended = loop.create_future()
         closers = [
             asyncio.ensure_future(handle.close(code=GOING_AWAY, message=SHUTDOWN_MESSAGE))
             for handle in list(self.connections)
@@ -374,11 +382,19 @@ class EchoServer:
         _done, pending = await asyncio.wait(closers, timeout=self.settings.shutdown_timeout)
         for task in pending:
             task.cancel()
-        if pending:  # the peers' doing (they did not answer), so not a warning
+        # A closed connection ends (its slot given back, its close line logged) once its
+        # transport is gone: after the TLS close_notify exchange, or the gate's bound
+        # (echo.listeners.Gate.closing). Wait for that too, or the process exits first.
+        if self.connections and not pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(self._all_ended)
+        unclosed = len(self.connections)
+        if unclosed:  # the peers' doing (they did not answer), so not a warning
             log.info(
                 "shutdown: %d connection(s) did not close in time",
-                len(pending),
-                extra=event("shutdown_timeout", unclosed=len(pending)),
+                unclosed,
+                extra=event("shutdown_timeout", unclosed=unclosed),
             )
 
 
@@ -469,9 +485,8 @@ async def serve_until_signal(settings: ServerSettings) -> None:
         log.info("signal received, shutting down", extra=event("signal"))
         stop.clear()
         await app[SERVER_KEY].readiness.drain(settings.drain_delay, cut_short=stop)
-        listeners.close()
     finally:
-        await runner.cleanup()
+        await stop_serving(app, runner, listeners, settings, graceful=True)
 
 
 def main(argv: list[str] | None = None) -> None:

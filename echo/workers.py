@@ -37,7 +37,7 @@ from gunicorn.workers.base import Worker
 
 from echo.config import ServerSettings
 from echo.eventloop import loop_factory
-from echo.listeners import BACKLOG, ListenError, announce, start
+from echo.listeners import BACKLOG, ListenError, announce, start, stop_serving
 from echo.logs import event
 from echo.readiness import READINESS_KEY
 
@@ -167,8 +167,7 @@ class EchoWorker(Worker):  # type: ignore[misc]
             # sockets, this worker still accepts on its own); a quick stop does not.
             if not self.quick_stop:
                 await app[READINESS_KEY].drain(settings.drain_delay)
-            listeners.close()
-            await runner.cleanup()
+            await stop_serving(app, runner, listeners, settings, graceful=not self.quick_stop)
 
     async def _tick(self) -> None:
         """Wait a second, or until a stop signal wakes us."""

@@ -189,6 +189,23 @@ async def test_sigterm_closes_connections_with_1001_and_exits_0(
     assert await asyncio.to_thread(proc.wait, 10) == 0
 
 
+async def test_sigterm_reads_the_peers_answer_to_its_1001(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    """The WebSockets are closed before aiohttp's cleanup, whose first step has the
+    connection handlers drop what arrives: the plain engine never saw the answer
+    (received=-) and waited CLOSE_TIMEOUT for it."""
+    proc = server_process(SHUTDOWN_TIMEOUT="30000")
+    peer = await RawWebSocket.connect("127.0.0.1", proc.port)
+    proc.signal(signal.SIGTERM)
+    frame = await peer.recv(timeout=10)
+    assert (frame.opcode, frame.close_code) == (OP_CLOSE, 1001)
+    await peer.send(OP_CLOSE, close_payload(1001))
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+    await peer.aclose()
+    assert "close id=c1 code=1001 sent=1001 received=1001" in proc.log(), proc.log()
+
+
 async def test_shutdown_does_not_wait_past_its_timeout_for_a_silent_peer(
     server_process: Callable[..., ServerProcess],
 ) -> None:
