@@ -38,10 +38,10 @@ client: install-runtime ## run the echo client (flags in ARGS, e.g. ARGS='--coun
 	$(BIN)/echo-client $(ARGS)
 
 dev: install ## the server under adev runserver, reloaded on code change
-	$(BIN)/python -m echo.dev
+	trap "" INT; exec $(BIN)/python -m echo.dev
 
 dev-client: install ## the client, restarted when code in echo/ changes
-	$(BIN)/watchfiles --filter python --target-type command '$(BIN)/python -m echo.client $(ARGS)' echo
+	trap "" INT; exec $(BIN)/python -m echo.dev client $(ARGS)
 
 test: install ## the whole test suite
 	$(BIN)/python -m pytest

@@ -14,7 +14,9 @@ page's Content-Security-Policy admits the live-reload origin adev actually uses
 ``make dev`` runs :func:`main`: it validates the settings first (exit 2 on a bad
 value, as ``echo-server`` does), checks that PORT and PORT+1 are free (one line and
 exit 1 if not, rather than adev's traceback), runs that command with PORT, and on
-Ctrl-C stops it quietly.
+Ctrl-C stops it quietly (:func:`run_quietly`). The Makefile starts it with SIGINT
+ignored, and :func:`main` takes Ctrl-C over before importing anything more, so that
+no Ctrl-C at any moment of the start-up is a KeyboardInterrupt traceback.
 """
 
 from __future__ import annotations
@@ -28,20 +30,22 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from echo.config import ConfigError, ServerSettings, env_file_warnings, load_environment
-from echo.logs import configure_logging, event
-from echo.page import development_options
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("echo.dev")
 PACKAGE = Path(__file__).resolve().parent
 STOP_GRACE = 15.0  # seconds adev gets to stop after Ctrl-C before it is killed
+POLL = 0.1  # seconds between looks at adev while it runs
+START_WAIT = 10.0  # after Ctrl-C, how long adev's app may take to start before adev is stopped
 
 
 def app_factory() -> web.Application:
@@ -50,7 +54,10 @@ def app_factory() -> web.Application:
     adev serves one process, so WORKERS is taken as 1 (/healthz says so too), on the
     plain engine (ENGINE is ignored; /healthz says so too).
     """
+    from echo.config import ConfigError, ServerSettings, env_file_warnings, load_environment
     from echo.listeners import log_settings
+    from echo.logs import configure_logging, event
+    from echo.page import development_options
     from echo.server import create_app  # echo.server imports nothing of this
 
     try:
@@ -97,6 +104,10 @@ def adev_command(adev: str, port: int) -> list[str]:
 
 def main() -> None:
     """``make dev``: check, then run adev in its own process group until Ctrl-C."""
+    stop = Stop()
+    stop.take_signals()
+    from echo.config import ConfigError, ServerSettings, env_file_warnings, load_environment
+
     for warning in env_file_warnings():
         print(f"echo-dev: warning: {warning}", file=sys.stderr)
     try:
@@ -121,48 +132,146 @@ def main() -> None:
     if adev is None:
         print("echo-dev: adev not found; run 'make install'", file=sys.stderr)
         sys.exit(1)
-    sys.exit(run_quietly(adev_command(adev, settings.port), cwd=PACKAGE.parent))
+    if stop.at is not None:
+        sys.exit(0)  # Ctrl-C before adev was started
+    port = settings.port
+    command = adev_command(adev, port)
+    sys.exit(run_quietly(command, cwd=PACKAGE.parent, stop=stop, ready=lambda: serving(port)))
 
 
-def run_quietly(command: list[str], cwd: Path) -> int:
-    """Run ``command`` in a process group of its own; Ctrl-C or SIGTERM stops it gently.
+class Stop:
+    """Ctrl-C (SIGINT) or SIGTERM: when the first came, and whether a second did."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.again = False
+        self.event = threading.Event()  # set by the first (what watchfiles waits on)
+
+    def requested(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+            self.event.set()
+        else:
+            self.again = True
+
+    def take_signals(self) -> None:
+        """From here on, Ctrl-C and SIGTERM are noted here (make dev's recipe started
+        this process with SIGINT ignored, so none came as a KeyboardInterrupt)."""
+        signal.signal(signal.SIGINT, self.requested)
+        signal.signal(signal.SIGTERM, self.requested)
+
+
+def restore_sigint() -> None:
+    """In a child before it runs: Ctrl-C as Python has it by default again."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop_child(child: subprocess.Popen[bytes], stop: Stop, signum: int) -> int:
+    """Send ``signum`` to ``child`` (the leader of its own process group) and wait for
+    it, at most STOP_GRACE or until a second Ctrl-C; then kill its group."""
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signum)
+    deadline = time.monotonic() + STOP_GRACE
+    while child.poll() is None and not stop.again and time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(POLL)
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    return child.wait(STOP_GRACE)
+
+
+def client_main(args: list[str]) -> None:
+    """``make dev-client``: ``echo-client`` with ``args``, restarted when a ``.py`` file
+    in echo/ changes, until Ctrl-C, which stops it quietly.
+
+    The client runs in a process group of its own, so the terminal's Ctrl-C reaches
+    only this process; it passes SIGTERM on, which the client treats as Ctrl-C once
+    it has started (the summary, exit status), and which ends it without a
+    traceback before that. watchfiles' own command line would pass a SIGINT at any
+    moment, a KeyboardInterrupt traceback during the client's start-up.
+    """
+    stop = Stop()
+    stop.take_signals()
+    from watchfiles import PythonFilter, watch
+
+    command = [sys.executable, "-m", "echo.client", *args]
+    status = 0
+    while stop.at is None:
+        child = subprocess.Popen(command, process_group=0, preexec_fn=restore_sigint)
+        changed = False
+        for changes in watch(
+            PACKAGE,
+            watch_filter=PythonFilter(),
+            stop_event=stop.event,
+            rust_timeout=int(POLL * 1000),
+            yield_on_timeout=True,
+            raise_interrupt=False,
+        ):
+            if changes:
+                changed = True
+                break
+        status = stop_child(child, stop, signal.SIGTERM)
+        if changed and stop.at is None:
+            print("echo-dev: a .py file in echo/ changed; restarting the client", file=sys.stderr)
+    sys.exit(0 if stop.at is not None else status)
+
+
+def serving(port: int) -> bool:
+    """Whether adev's app accepts connections on ``port`` (it has started)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=POLL).close()
+    except OSError:
+        return False
+    return True
+
+
+def run_quietly(
+    command: list[str], cwd: Path, stop: Stop, ready: Callable[[], bool] | None = None
+) -> int:
+    """Run ``command`` in a process group of its own until ``stop`` is requested, then
+    stop it gently.
 
     The terminal's Ctrl-C reaches only this process, which passes one SIGINT on, so adev
-    stops its app and itself without each of its processes printing a
-    KeyboardInterrupt traceback. A second signal kills the group. Returns 0 after a
-    requested stop, else adev's own exit status.
+    stops its app and itself without each of its processes printing a KeyboardInterrupt
+    traceback. Not before ``ready()`` says adev's app serves (at most START_WAIT): a
+    SIGINT to adev or to its app process while they are still starting is just such a
+    traceback. A second signal kills the group. Returns 0 after a requested stop, else
+    adev's own exit status.
     """
-    child = subprocess.Popen(command, cwd=cwd, process_group=0)
-    stopped_at: float | None = None
+    child = subprocess.Popen(command, cwd=cwd, process_group=0, preexec_fn=restore_sigint)
+    passed_on: float | None = None
 
     def kill_group() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)  # adev and the app process it started
 
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopped_at
-        if stopped_at is not None:
-            kill_group()
-            return
-        stopped_at = time.monotonic()
-        child.send_signal(signal.SIGINT)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     try:
         while True:
             try:
-                status = child.wait(0.5)
+                status = child.wait(POLL)
                 break
             except subprocess.TimeoutExpired:
-                if stopped_at is not None and time.monotonic() - stopped_at > STOP_GRACE:
-                    kill_group()
+                pass
+            now = time.monotonic()
+            if stop.again or (passed_on is not None and now - passed_on > STOP_GRACE):
+                kill_group()
+            elif (
+                stop.at is not None
+                and passed_on is None
+                and (ready is None or now - stop.at > START_WAIT or ready())
+            ):
+                passed_on = now
+                child.send_signal(signal.SIGINT)
     finally:
         if child.poll() is None:  # an exception in this process: leave nothing behind
             kill_group()
             child.wait(STOP_GRACE)
-    return 0 if stopped_at is not None else status
+    return 0 if stop.at is not None else status
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["client"]:
+        client_main(sys.argv[2:])
+    else:
+        main()

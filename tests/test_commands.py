@@ -186,6 +186,50 @@ def test_make_dev_serves_and_ctrl_c_exits_quietly(checkout: Path) -> None:
     assert family, "make dev started no process"
 
 
+def catches_ctrl_c(make_pid: int) -> bool:
+    """Whether make's child (echo.dev) has taken Ctrl-C over (SIGINT caught, from
+    /proc: SigCgt), which it does first thing; until then make dev's recipe ignores it."""
+    for pid in children(make_pid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("target", ["dev", "dev-client"])
+def test_ctrl_c_at_any_moment_of_the_start_up_exits_quietly(checkout: Path, target: str) -> None:
+    """Ctrl-C while adev (or the client), then its app process, are still starting:
+    a SIGINT to either then was a KeyboardInterrupt traceback. A few moments, from the
+    first one echo.dev takes Ctrl-C in to after the start-up."""
+    for delay in (0.0, 0.2, 0.5, 1.0, 2.0):
+        port = free_port()
+        log_path = checkout / f"{target}-{delay}.log"
+        env = clean_env(PORT=str(port), WS_URL=f"ws://127.0.0.1:{port}/")
+        proc = start_make(target, checkout, log_path, env)
+        try:
+            deadline = time.monotonic() + 30
+            while not catches_ctrl_c(proc.pid):
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.01)
+            time.sleep(delay)
+        finally:
+            status = ctrl_c(proc)
+        log = log_path.read_text()
+        for sign in ("Traceback", "KeyboardInterrupt", "Error"):
+            assert sign not in log, f"Ctrl-C {delay} s in: {log}"
+        assert status in (0, 2, -signal.SIGINT), log  # make's status after Ctrl-C
+        if target == "dev":
+            deadline = time.monotonic() + 20
+            while port_in_use(port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert port_in_use(port) is None, "adev's app outlived make dev"
+
+
 @pytest.mark.parametrize(
     ("host", "url"),
     [
