@@ -15,9 +15,12 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import children
+import trustme
+
+from tests.support import children, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE_CONFIG = ROOT / "deploy" / "nginx" / "echo.conf"
@@ -99,6 +102,57 @@ def render_site(template: str, replacements: dict[str, str]) -> str:
     for path in re.findall(r"(?<![\w.])/(?:etc|var)/\S*", code):
         raise AssertionError(f"the rendered config still names {path}")
     return template
+
+
+@dataclass
+class LocalSite:
+    """deploy/nginx/echo.conf rendered for two local backends: a test certificate
+    authority's certificate on ``tls_port``, the port-80 redirect on ``plain_port``,
+    logs under ``prefix`` (nginx's prefix directory)."""
+
+    config: str
+    prefix: Path
+    tls_port: int
+    plain_port: int
+    ca: Path  # the PEM file of the CA that issued the site's certificate
+
+
+def local_site(
+    backend_ports: list[int],
+    directory: Path,
+    names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    replacements: dict[str, str] | None = None,
+) -> LocalSite:
+    """The shipped site config for ``backend_ports`` (two), with a certificate for
+    ``names`` issued by a throwaway CA (files in ``directory``/pki), on free loopback
+    ports, with ``replacements`` of the test's own on top."""
+    ca = trustme.CA()
+    issued = ca.issue_cert(*names)
+    pki = directory / "pki"
+    pki.mkdir()
+    ca.cert_pem.write_to_path(str(pki / "ca.pem"))
+    issued.cert_chain_pems[0].write_to_path(str(pki / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(pki / "key.pem"))
+    tls_port, plain_port = free_port(), free_port()
+    prefix = directory / "nginx"
+    prefix.mkdir()
+    first, second = backend_ports
+    config = render_site(
+        SITE_CONFIG.read_text(),
+        {
+            "server 127.0.0.1:8081 ": f"server 127.0.0.1:{first} ",
+            "server 127.0.0.1:8082 ": f"server 127.0.0.1:{second} ",
+            "listen 80;": f"listen 127.0.0.1:{plain_port};",
+            "listen [::]:80;": f"listen [::1]:{plain_port};",
+            "listen 443 ssl;": f"listen 127.0.0.1:{tls_port} ssl;",
+            "listen [::]:443 ssl;": f"listen [::1]:{tls_port} ssl;",
+            "/etc/letsencrypt/live/echo.example.com/fullchain.pem": str(pki / "cert.pem"),
+            "/etc/letsencrypt/live/echo.example.com/privkey.pem": str(pki / "key.pem"),
+            "/var/log/nginx/echo.access.log": str(prefix / "echo.access.log"),
+            **(replacements or {}),
+        },
+    )
+    return LocalSite(config, prefix, tls_port, plain_port, pki / "ca.pem")
 
 
 def _wrapper(prefix: Path, site: Path) -> str:

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
 
 from tests import nginx_support
 from tests.client_support import fast_client_env
-from tests.nginx_support import SITE_CONFIG, Nginx, ensure_nginx, render_site
-from tests.support import ServerProcess, free_port
+from tests.nginx_support import Nginx, ensure_nginx, local_site
+from tests.support import ServerProcess
 
 ServerStarter = Callable[..., ServerProcess]
 READ_TIMEOUT = 3.0  # seconds: proxy_read_timeout of the rendered config
@@ -42,35 +41,15 @@ def site(server_process: ServerStarter, tmp_path: Path) -> Iterator[Site]:
         pytest.fail(str(error))
     # The backends never ping (their heartbeat is an hour): the path's own timeout decides.
     backends = [server_process(HEARTBEAT_INTERVAL="3600000") for _ in range(2)]
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1", "localhost")
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca.cert_pem.write_to_path(str(pki / "ca.pem"))
-    issued.cert_chain_pems[0].write_to_path(str(pki / "cert.pem"))
-    issued.private_key_pem.write_to_path(str(pki / "key.pem"))
-    tls_port, plain_port = free_port(), free_port()
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    rendered = render_site(
-        SITE_CONFIG.read_text(),
-        {
-            "server 127.0.0.1:8081 ": f"server 127.0.0.1:{backends[0].port} ",
-            "server 127.0.0.1:8082 ": f"server 127.0.0.1:{backends[1].port} ",
-            "listen 80;": f"listen 127.0.0.1:{plain_port};",
-            "listen [::]:80;": f"listen [::1]:{plain_port};",
-            "listen 443 ssl;": f"listen 127.0.0.1:{tls_port} ssl;",
-            "listen [::]:443 ssl;": f"listen [::1]:{tls_port} ssl;",
-            "/etc/letsencrypt/live/echo.example.com/fullchain.pem": str(pki / "cert.pem"),
-            "/etc/letsencrypt/live/echo.example.com/privkey.pem": str(pki / "key.pem"),
-            "/var/log/nginx/echo.access.log": str(prefix / "echo.access.log"),
-            "proxy_read_timeout 90s;": f"proxy_read_timeout {READ_TIMEOUT:g}s;",
-        },
+    local = local_site(
+        [backend.port for backend in backends],
+        tmp_path,
+        replacements={"proxy_read_timeout 90s;": f"proxy_read_timeout {READ_TIMEOUT:g}s;"},
     )
-    nginx = Nginx(binary, prefix, rendered)
+    nginx = Nginx(binary, local.prefix, local.config)
     try:
-        nginx.start(tls_port)
-        yield Site(tls_port, plain_port, pki / "ca.pem")
+        nginx.start(local.tls_port)
+        yield Site(local.tls_port, local.plain_port, local.ca)
     finally:
         nginx.stop()
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
 from playwright.async_api import async_playwright, expect
 
 from echo.config import ServerSettings
@@ -34,9 +33,9 @@ from tests.nginx_support import (
     Nginx,
     NginxUnavailable,
     ensure_nginx,
-    render_site,
+    local_site,
 )
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 ServerStarter = Callable[..., ServerProcess]
@@ -94,40 +93,19 @@ def deployment(
         )
         for _ in range(2)
     ]
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1", "::1", "localhost")
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca.cert_pem.write_to_path(str(pki / "ca.pem"))
-    issued.cert_chain_pems[0].write_to_path(str(pki / "cert.pem"))
-    issued.private_key_pem.write_to_path(str(pki / "key.pem"))
-    tls_port, plain_port = free_port(), free_port()
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    site = render_site(
-        SITE_CONFIG.read_text(),
-        {
-            "server 127.0.0.1:8081 ": f"server 127.0.0.1:{backends[0].port} ",
-            "server 127.0.0.1:8082 ": f"server 127.0.0.1:{backends[1].port} ",
-            "listen 80;": f"listen 127.0.0.1:{plain_port};",
-            "listen [::]:80;": f"listen [::1]:{plain_port};",
-            "listen 443 ssl;": f"listen 127.0.0.1:{tls_port} ssl;",
-            "listen [::]:443 ssl;": f"listen [::1]:{tls_port} ssl;",
-            "/etc/letsencrypt/live/echo.example.com/fullchain.pem": str(pki / "cert.pem"),
-            "/etc/letsencrypt/live/echo.example.com/privkey.pem": str(pki / "key.pem"),
-            "/var/log/nginx/echo.access.log": str(prefix / "echo.access.log"),
-        },
+    local = local_site(
+        [backend.port for backend in backends], tmp_path, ("127.0.0.1", "::1", "localhost")
     )
-    nginx = Nginx(nginx_binary, prefix, site)
+    nginx = Nginx(nginx_binary, local.prefix, local.config)
     try:
-        nginx.start(tls_port)
+        nginx.start(local.tls_port)
         yield Deployment(
             nginx,
             backends,
-            tls_port,
-            plain_port,
-            pki / "ca.pem",
-            ssl.create_default_context(cafile=str(pki / "ca.pem")),
+            local.tls_port,
+            local.plain_port,
+            local.ca,
+            ssl.create_default_context(cafile=str(local.ca)),
         )
     finally:
         nginx.stop()
