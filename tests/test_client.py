@@ -28,6 +28,7 @@ from tests.client_support import (
     fast_client_env,
     fast_settings,
     parse_summary,
+    run_client,
 )
 from tests.support import ServerProcess, free_port, wait_until
 from tests.wsraw import OP_CLOSE, OP_PING, OP_TEXT
@@ -281,14 +282,11 @@ async def test_connections_without_an_echo_count_as_failed_attempts_until_max_at
 
 def test_max_attempts_gives_up_with_exit_1_after_numbered_attempts(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    result = subprocess.run(
-        [sys.executable, "-m", "echo.client", f"ws://127.0.0.1:{port}/", "--count", "3"],
-        env=fast_client_env(RECONNECT_MAX_ATTEMPTS="4"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+    result = run_client(
+        [f"ws://127.0.0.1:{port}/", "--count", "3"],
+        tmp_path,
         timeout=30,
-        check=False,
+        env={"RECONNECT_MAX_ATTEMPTS": "4"},
     )
     assert result.returncode == 1, result.stderr
     attempts = re.findall(
@@ -596,15 +594,7 @@ async def test_heartbeat_keeps_a_quiet_healthy_connection(server_process: Server
 def test_bad_configuration_exits_2_with_one_line(
     tmp_path: Path, args: list[str], variables: dict[str, str], name: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "echo.client", *args],
-        env=fast_client_env(**variables),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_client(args, tmp_path, timeout=30, env=variables)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -628,15 +618,7 @@ def test_bad_configuration_exits_2_with_one_line(
 def test_command_line_mistakes_are_one_line_and_exit_2(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "echo.client", *args],
-        env=fast_client_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_client(args, tmp_path, timeout=30)
     assert (result.returncode, result.stderr, result.stdout) == (2, message + "\n", "")
 
 

@@ -25,6 +25,20 @@ from tests.tls_support import make_pki, start_tls_server
 ServerStarter = Callable[..., ServerProcess]
 
 
+async def serve_locally(
+    path: str, handler: Any, ssl_context: ssl.SSLContext | None
+) -> tuple[web.AppRunner, str]:
+    """A server of the test's own: ``handler`` for GET ``path`` on a free loopback
+    port; its runner and its ws:// (wss:// with ``ssl_context``) URL."""
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    port = runner.addresses[0][1]
+    return runner, f"{'wss' if ssl_context else 'ws'}://127.0.0.1:{port}/"
+
+
 @dataclass
 class Recorder:
     """An in-test WebSocket echo server that records each handshake's headers."""
@@ -56,14 +70,7 @@ class Recorder:
         return ws
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> Recorder:
-        app = web.Application()
-        app.router.add_get("/", self.handler)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"{'wss' if ssl_context else 'ws'}://127.0.0.1:{port}/"
+        self.runner, self.url = await serve_locally("/", self.handler, ssl_context)
         return self
 
     async def close(self) -> None:
@@ -370,14 +377,7 @@ class Redirector:
         return web.Response(status=self.status, headers={"Location": self.location})
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> Redirector:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self.handler)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"{'wss' if ssl_context else 'ws'}://127.0.0.1:{port}/"
+        self.runner, self.url = await serve_locally("/{tail:.*}", self.handler, ssl_context)
         return self
 
     async def close(self) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import nginx_support
-from tests.client_support import fast_client_env
+from tests.client_support import run_client
 from tests.nginx_support import Nginx, ensure_nginx, local_site
 from tests.support import ServerProcess
 
@@ -55,15 +54,7 @@ def site(server_process: ServerStarter, tmp_path: Path) -> Iterator[Site]:
 
 
 def client(args: list[str], cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "echo.client", *args],
-        env=fast_client_env(**variables),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    return run_client(args, cwd, timeout=240, env=variables)
 
 
 def test_idle_probe_finds_nginx_proxy_read_timeout_within_10_percent(

@@ -7,8 +7,6 @@ import json
 import logging
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from echo.config import ClientSettings, ConfigError, ServerSettings
 from echo.logs import JsonFormatter, clip, event
 from echo.metrics import METRICS_KEY
 from echo.server import SERVER_KEY
-from tests.client_support import fast_client_env
+from tests.client_support import run_client
 from tests.support import FAULT, ServerFactory, ServerProcess, inject_fault, wait_until
 from tests.test_metrics import by_label, parse
 from tests.wsraw import OP_CLOSE, OP_TEXT, RawWebSocket, close_payload
@@ -92,14 +90,8 @@ async def test_server_json_log_of_open_close_and_refusals(server_process: Server
 
 def test_client_json_log(server_process: ServerStarter, tmp_path: Path) -> None:
     server = server_process()
-    result = subprocess.run(
-        [sys.executable, "-m", "echo.client", "--url", server.url, "--count", "3"],
-        env=fast_client_env(LOG_FORMAT="json"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    result = run_client(
+        ["--url", server.url, "--count", "3"], tmp_path, timeout=30, env={"LOG_FORMAT": "json"}
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("summary sent=3 echoed=3 "), "the summary stays text"
