@@ -218,12 +218,10 @@ def client_main(args: list[str]) -> None:
 
 
 def serving(port: int) -> bool:
-    """Whether adev's app accepts connections on ``port`` (it has started)."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=POLL).close()
-    except OSError:
-        return False
-    return True
+    """Whether adev's app listens on ``port`` (it has started), seen by a bind that
+    fails: a connection would have the app accept it, and a SIGINT in the middle of
+    that is a KeyboardInterrupt traceback of its own."""
+    return port_in_use(port) is not None
 
 
 def run_quietly(
