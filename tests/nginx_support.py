@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import trustme
 
-from tests.support import children, free_port
+from tests.support import children, free_port, stop_with_children
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE_CONFIG = ROOT / "deploy" / "nginx" / "echo.conf"
@@ -224,18 +223,4 @@ class Nginx:
         """SIGTERM (nginx stops its workers, then itself); SIGKILL all of them if it hangs."""
         if self.proc is None:
             return
-        self._workers |= children(self.proc.pid) if self.proc.poll() is None else set()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for pid in self._workers:  # only those that outlived their master
-            try:
-                alive = Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: worker")
-                if alive:
-                    os.kill(pid, signal.SIGKILL)
-            except (FileNotFoundError, ProcessLookupError):
-                pass
+        stop_with_children(self.proc, self._workers, b"nginx: worker")

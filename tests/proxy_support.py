@@ -9,9 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +16,7 @@ import time
 from pathlib import Path
 
 from tests.apt_support import ensure_program
-from tests.support import children, free_port
+from tests.support import children, free_port, stop_with_children
 
 
 class _Proxy:
@@ -46,17 +43,7 @@ class _Proxy:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        self._children |= children(self.proc.pid) if self.proc.poll() is None else set()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for pid in self._children:  # acceptor processes that outlived their parent
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_with_children(self.proc, self._children)  # acceptor processes
         self._out.close()
 
 

@@ -11,9 +11,11 @@ import base64
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,33 @@ def children(pid: int) -> set[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.add(int(entry.name))
     return found
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers an HTTP GET within a second with a success status."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def stop_with_children(proc: subprocess.Popen[Any], known: set[int], command: bytes = b"") -> None:
+    """SIGTERM ``proc`` (SIGKILL if it has not exited within 10 s), then SIGKILL those
+    of its children (``known``, and those alive now) that outlived it, whose command
+    line still starts with ``command`` (their pids may have been reused)."""
+    known = known | (children(proc.pid) if proc.poll() is None else set())
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    for pid in known:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(command):
+                os.kill(pid, signal.SIGKILL)
 
 
 def run_server_briefly(

@@ -14,7 +14,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -23,7 +22,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
 
-from tests.support import ServerProcess, clean_env, free_port, wait_until
+from tests.support import ServerProcess, answers, clean_env, free_port, wait_until
 from tests.tls_support import make_pki, start_tls_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -339,14 +338,6 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 async def test_a_control_set_from_the_panel_shows_its_effect(

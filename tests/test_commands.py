@@ -29,6 +29,7 @@ from echo.server import SERVER_SOFTWARE
 from tests.support import (
     TEST_SETTINGS,
     ServerFactory,
+    answers,
     children,
     clean_env,
     free_port,
@@ -62,14 +63,6 @@ def start_make(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def wait_for(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 30) -> None:
