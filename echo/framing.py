@@ -239,8 +239,31 @@ class StreamTracker:
         """A complete head without its empty line (every line ends with CRLF), as
         :meth:`_head_line` would take it line by line."""
         first = head.find(b"\r\n")
-        self._method = head[:first].split(b" ", 1)[0]
         lowered = head.lower()  # ASCII only, as in _head_line: the offsets stay
+        if b"\r\ncontent-length:" not in lowered and b"\r\ntransfer-encoding:" not in lowered:
+            # No body (an upgrade, the common case): only whether it asks for a
+            # WebSocket, without the line-by-line state (still as _new_head left it).
+            upgrade = websocket = False
+            at = lowered.find(b"\r\nconnection:", first)
+            while at >= 0:
+                end = lowered.find(b"\r\n", at + 13)
+                upgrade = upgrade or b"upgrade" in [
+                    t.strip() for t in lowered[at + 13 : end].split(b",")
+                ]
+                at = lowered.find(b"\r\nconnection:", end)
+            at = lowered.find(b"\r\nupgrade:", first)
+            while at >= 0:
+                end = lowered.find(b"\r\n", at + 10)
+                websocket = websocket or lowered[at + 10 : end].strip() == b"websocket"
+                at = lowered.find(b"\r\nupgrade:", end)
+            self.requests += 1
+            if head[:first].split(b" ", 1)[0] == b"CONNECT":
+                self.phase = LOST
+            else:
+                self.phase = FRAMES if upgrade and websocket else _HEAD
+            self.holding = self.phase == FRAMES
+            return
+        self._method = head[:first].split(b" ", 1)[0]
         for name, marker in _FIELDS:
             at = lowered.find(marker, first)
             while at >= 0:
