@@ -201,7 +201,7 @@ class Gate(asyncio.Protocol):
         self.failure: str | None = None  # why FAIL_FRAME was passed on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = transport  # type: ignore[assignment]  # a Transport: a stream's
         self._deadline = self._deadlines.add(self)
         self._inner.connection_made(transport)
 
