@@ -240,7 +240,9 @@ class StreamTracker:
         :meth:`_head_line` would take it line by line."""
         first = head.find(b"\r\n")
         lowered = head.lower()  # ASCII only, as in _head_line: the offsets stay
-        if b"\r\ncontent-length:" not in lowered and b"\r\ntransfer-encoding:" not in lowered:
+        # find(), not ``in``: bytes.__contains__ tries its argument as an integer first,
+        # and formats a TypeError for a bytes one.
+        if lowered.find(b"\r\ncontent-length:") < 0 and lowered.find(b"\r\ntransfer-encoding:") < 0:
             # No body (an upgrade, the common case): only whether it asks for a
             # WebSocket, without the line-by-line state (still as _new_head left it).
             upgrade = websocket = False
