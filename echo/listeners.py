@@ -209,6 +209,9 @@ class Gate(asyncio.Protocol):
         tracker = self.tracker
         if tracker.phase == FRAMES and not tracker.holding:  # upgraded: the hot path
             passed = tracker.frames(data)
+            if passed is data:  # all of it passes (its deadline went with its head)
+                self._inner.data_received(data)
+                return
         else:
             passed = tracker.feed(data)
         if self._deadline is not None and tracker.requests:

@@ -122,6 +122,9 @@ class PlainSession:
         self.limit = app.settings.max_message_size
         self.sizes = app.sizes
         self.counts_binary = self.sizes is not None
+        # The first two bucket bounds of the size histogram (one, if it has one only).
+        bounds = (0, 0) if self.sizes is None else self.sizes.bounds
+        self.smallest, self.small = bounds[0], bounds[min(1, len(bounds) - 1)]
         self.debug = log.isEnabledFor(logging.DEBUG)
 
     async def close(self, *, code: int, message: bytes) -> None:
@@ -177,7 +180,7 @@ class PlainSession:
         # Without controls a message is echoed here, without the coroutines of echo(),
         # received() and send() (a fifth of the plain engine's time per message).
         inline = self.inline_echo
-        binary = WSMsgType.BINARY
+        text, binary = WSMsgType.TEXT, WSMsgType.BINARY
         while True:
             if self.requested is not None:
                 await self.shut(*self.requested)
@@ -192,7 +195,7 @@ class PlainSession:
                 await self.shut(protocol.GOING_AWAY, IDLE_MESSAGE)
                 return
             kind = msg.type
-            if kind is WSMsgType.TEXT or kind is binary:
+            if kind is text or kind is binary:
                 try:
                     if not inline:
                         if not await self.echo(kind, msg.data):
@@ -269,7 +272,11 @@ class PlainSession:
         conn.bytes_in += size
         sizes = self.sizes
         if sizes is not None:
-            sizes.observe(size)
+            # Small messages, the common case, without observe()'s bisect call.
+            if size <= self.small:
+                sizes.sizes[0 if size <= self.smallest else 1] += 1
+            else:
+                sizes.observe(size)
             if kind is WSMsgType.BINARY:
                 conn.binary_in += 1
                 conn.binary_bytes_in += size
