@@ -148,6 +148,16 @@ class StreamTracker:
             return data
         if phase == STOPPED:
             return []
+        if (
+            phase == _HEAD
+            and self._method is None
+            and not self._line
+            and 4 < len(data) <= MAX_LINE
+            and data.find(b"\r\n\r\n") == len(data) - 4
+            and not data.startswith(b"\r\n")
+        ):  # a chunk that is one whole head (an upgrade request as clients send it)
+            self._whole_head(data[:-2])
+            return data
         return self._http(data)
 
     # -- HTTP ---------------------------------------------------------------------------
