@@ -262,7 +262,8 @@ async def test_container_serves_read_only_as_the_non_root_user(
             text = await response.text()
             assert response.status == 200
             instance, request_line = text.split("\r\n")[:2]
-            assert instance.startswith("# instance ") and "name=echo-test-1" in instance
+            assert instance.startswith("# instance ")
+            assert "name=echo-test-1" in instance
             assert request_line == "POST /any/path?x=1 HTTP/1.1"
             assert text.endswith("\r\n\r\nbody")
         origin = "https://echo.example.com"
