@@ -62,6 +62,13 @@ _NOTHING: list[bytes] = []  # shared by upgraded connections (never appended to)
 _NO_LINE = bytearray()  # likewise
 MAX_LINE = 65_536  # longer head or chunk lines are not followed (aiohttp's limit is 8190)
 _CRLF = b"\r\n"
+# The header lines the tracker reads, and how each begins in a lower-cased head (a
+# field's name is what precedes its line's first colon). Values are only compared in
+# lower case or as digits, so a lower-cased head gives the same answers.
+_FIELDS = tuple(
+    (name, b"\r\n" + name + b":")
+    for name in (b"content-length", b"transfer-encoding", b"connection", b"upgrade")
+)
 
 
 class StreamTracker:
@@ -141,6 +148,16 @@ class StreamTracker:
             return data
         if phase == STOPPED:
             return []
+        if (
+            phase == _HEAD
+            and self._method is None
+            and not self._line
+            and 4 < len(data) <= MAX_LINE
+            and data.find(b"\r\n\r\n") == len(data) - 4
+            and not data.startswith(b"\r\n")
+        ):  # a chunk that is one whole head (an upgrade request as clients send it)
+            self._whole_head(data[:-2])
+            return data
         return self._http(data)
 
     # -- HTTP ---------------------------------------------------------------------------
@@ -172,6 +189,14 @@ class StreamTracker:
                 return [data[:pos], *([frames] if isinstance(frames, bytes) else frames)]
             if phase == LOST:
                 return data
+            if phase == _HEAD and self._method is None and not self._line:
+                # A whole head in this chunk (the common case): its fields are found
+                # in one search, not line by line. Within MAX_LINE no line is too long.
+                end = data.find(b"\r\n\r\n", pos)
+                if pos < end <= pos + MAX_LINE and not data.startswith(b"\r\n", pos):
+                    self._whole_head(data[pos : end + 2])
+                    pos = end + 4
+                    continue
             # A line: _HEAD, _CHUNK_SIZE or _TRAILERS.
             end = data.find(b"\r\n", pos)
             if end < 0 or self._line:
@@ -215,20 +240,62 @@ class StreamTracker:
             return
         if line:
             colon = line.find(b":")
-            name = line[:colon].lower() if colon > 0 else b""
-            if name == b"content-length":
-                self._lengths.append(line[colon + 1 :].strip())
-            elif name == b"transfer-encoding":
-                self._chunked.append(line[colon + 1 :].strip().lower())
-            elif name == b"connection":
-                tokens = line[colon + 1 :].lower().split(b",")
-                self._upgrade = self._upgrade or any(t.strip() == b"upgrade" for t in tokens)
-            elif name == b"upgrade":
-                self._websocket = self._websocket or line[colon + 1 :].strip().lower() == (
-                    b"websocket"
-                )
+            if colon > 0:
+                self._field(line[:colon].lower(), line[colon + 1 :])
             return
         self._head_done()
+
+    def _whole_head(self, head: bytes) -> None:
+        """A complete head without its empty line (every line ends with CRLF), as
+        :meth:`_head_line` would take it line by line."""
+        first = head.find(b"\r\n")
+        lowered = head.lower()  # ASCII only, as in _head_line: the offsets stay
+        # find(), not ``in``: bytes.__contains__ tries its argument as an integer first,
+        # and formats a TypeError for a bytes one.
+        if lowered.find(b"\r\ncontent-length:") < 0 and lowered.find(b"\r\ntransfer-encoding:") < 0:
+            # No body (an upgrade, the common case): only whether it asks for a
+            # WebSocket, without the line-by-line state (still as _new_head left it).
+            upgrade = websocket = False
+            at = lowered.find(b"\r\nconnection:", first)
+            while at >= 0:
+                end = lowered.find(b"\r\n", at + 13)
+                upgrade = upgrade or b"upgrade" in [
+                    t.strip() for t in lowered[at + 13 : end].split(b",")
+                ]
+                at = lowered.find(b"\r\nconnection:", end)
+            at = lowered.find(b"\r\nupgrade:", first)
+            while at >= 0:
+                end = lowered.find(b"\r\n", at + 10)
+                websocket = websocket or lowered[at + 10 : end].strip() == b"websocket"
+                at = lowered.find(b"\r\nupgrade:", end)
+            self.requests += 1
+            if head[:first].split(b" ", 1)[0] == b"CONNECT":
+                self.phase = LOST
+            else:
+                self.phase = FRAMES if upgrade and websocket else _HEAD
+            self.holding = self.phase == FRAMES
+            return
+        self._method = head[:first].split(b" ", 1)[0]
+        for name, marker in _FIELDS:
+            at = lowered.find(marker, first)
+            while at >= 0:
+                start = at + len(marker)
+                end = lowered.find(b"\r\n", start)
+                self._field(name, lowered[start:end])
+                at = lowered.find(marker, end)
+        self._head_done()
+
+    def _field(self, name: bytes, value: bytes) -> None:
+        """A header line: ``name`` in lower case, ``value`` what follows its colon."""
+        if name == b"content-length":
+            self._lengths.append(value.strip())
+        elif name == b"transfer-encoding":
+            self._chunked.append(value.strip().lower())
+        elif name == b"connection":
+            tokens = value.lower().split(b",")
+            self._upgrade = self._upgrade or any(t.strip() == b"upgrade" for t in tokens)
+        elif name == b"upgrade":
+            self._websocket = self._websocket or value.strip().lower() == b"websocket"
 
     def _head_done(self) -> None:
         """The empty line: the head is complete; what comes next?"""

@@ -34,7 +34,9 @@ _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")  # base64 of 16 bytes
 
 def key_valid(key: str | None) -> bool:
     """Whether ``Sec-WebSocket-Key`` is 16 bytes in base64 (RFC 6455 4.1, 11.3.1)."""
-    return key is not None and _KEY.fullmatch(key.strip(" \t")) is not None
+    if key is None:
+        return False
+    return _KEY.fullmatch(key) is not None or _KEY.fullmatch(key.strip(" \t")) is not None
 
 
 def _valid_offer(params: list[str]) -> bool:

@@ -9,9 +9,11 @@ engine, on every aiohttp release the dependency range allows, the same bounds:
   default is 60 s) and TLS closing handshakes by :func:`tls_shutdown_timeout`
   (``ssl_shutdown_timeout``; the default is 30 s, during which a peer that never sends
   its close_notify would keep the connection's slot and descriptor).
-- **The handshake deadline.** :class:`Gate` arms a timer when a connection is accepted
-  and disarms it once the first request's head is complete: a client that has not sent
-  one within HANDSHAKE_TIMEOUT is cut off (and counted, :class:`ListenerEvents`).
+- **The handshake deadline.** :class:`Gate` takes a deadline when a connection is
+  accepted and gives it up once the first request's head is complete: a client that
+  has not sent one within HANDSHAKE_TIMEOUT is cut off (and counted,
+  :class:`ListenerEvents`). The deadlines of a listener's connections share one timer
+  (:class:`Deadlines`).
   aiohttp's own keep-alive timer covers the time between later requests, but is armed
   at accept time only by some releases (3.14.5, not 3.14.0-3.14.4 nor 3.15).
 - **The mask check and the position of the frames.** The gate feeds every chunk to an
@@ -39,6 +41,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -112,6 +115,56 @@ def runner_options(settings: ServerSettings) -> dict[str, Any]:
     }
 
 
+class Deadlines:
+    """The handshake deadlines of one listener's connections, on one timer.
+
+    Every connection gets the same timeout, so deadlines fall due in the order the
+    connections came: a queue whose first entry is the next due. An entry is a
+    ``[deadline, gate]`` list; a gate that no longer needs its deadline (head complete,
+    connection lost) clears its gate, and cleared entries are dropped whenever the
+    timer fires (so at most a timeout's worth of them waits). A timer per connection,
+    armed and cancelled, cost about 2 us, more than 1% of a handshake.
+    """
+
+    __slots__ = ("_entries", "_loop", "_timeout", "_timer", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self._loop = loop
+        self._timeout = timeout
+        self._entries: deque[list[Any]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, gate: Gate) -> list[Any]:
+        """``gate``'s deadline, from now: its entry, whose gate it clears when done."""
+        deadline = self._loop.time() + self._timeout
+        entry = [deadline, gate]
+        self._entries.append(entry)
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._due)
+        return entry
+
+    def _due(self) -> None:
+        self._timer = None
+        entries = self._entries
+        now = self._loop.time()
+        while entries:
+            deadline, gate = entries[0]
+            if gate is not None and deadline > now:
+                self._timer = self._loop.call_at(deadline, self._due)
+                return
+            entries.popleft()
+            if gate is not None:
+                gate.expired()
+
+    def passed(self, entry: list[Any]) -> bool:
+        """Whether the deadline of ``entry`` (from :meth:`add`) has passed."""
+        return bool(self._loop.time() >= entry[0])
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Gate(asyncio.Protocol):
     """Stands between a connection's transport and aiohttp's connection protocol.
 
@@ -123,6 +176,7 @@ class Gate(asyncio.Protocol):
     __slots__ = (
         "_closer",
         "_deadline",
+        "_deadlines",
         "_events",
         "_inner",
         "_loop",
@@ -130,7 +184,6 @@ class Gate(asyncio.Protocol):
         "_open",
         "_paused",
         "_stall",
-        "_timer",
         "_too_big",
         "failure",
         "tracker",
@@ -140,18 +193,17 @@ class Gate(asyncio.Protocol):
     def __init__(
         self,
         inner: asyncio.Protocol,
-        loop: asyncio.AbstractEventLoop,
-        timeout: float,
+        deadlines: Deadlines,
         events: ListenerEvents,
         limit: int,
         open_gates: OpenGates | None = None,
     ) -> None:
         self._inner = inner
         self._open = open_gates
-        self._loop = loop
+        self._loop = deadlines.loop
+        self._deadlines = deadlines
         self._events = events
-        self._deadline = timeout  # a duration until connection_made makes it a time
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: list[Any] | None = None  # its entry in deadlines, until done
         self._closer: asyncio.TimerHandle | None = None  # see closing()
         self._stall: asyncio.TimerHandle | None = None  # see pause_writing()
         self._lost = False
@@ -162,24 +214,24 @@ class Gate(asyncio.Protocol):
         self.failure: str | None = None  # why FAIL_FRAME was passed on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = transport  # type: ignore[assignment]  # a Transport: a stream's
         if self._open is not None:
             self._open.add(self)
-        self._deadline += self._loop.time()
-        self._timer = self._loop.call_at(
-            self._deadline, self._expired, cast(asyncio.Transport, transport)
-        )
+        self._deadline = self._deadlines.add(self)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         tracker = self.tracker
         if tracker.phase == FRAMES and not tracker.holding:  # upgraded: the hot path
             passed = tracker.frames(data)
+            if passed is data:  # all of it passes (its deadline went with its head)
+                self._inner.data_received(data)
+                return
         else:
             passed = tracker.feed(data)
-        if self._timer is not None and tracker.requests:
-            self._timer.cancel()
-            self._timer = None
+        if self._deadline is not None and tracker.requests:
+            self._deadline[1] = None
+            self._deadline = None
         inner = self._inner
         if isinstance(passed, bytes):  # all of it (a list when anything is held or dropped)
             inner.data_received(passed)
@@ -211,10 +263,11 @@ class Gate(asyncio.Protocol):
         self._closer = self._stall = None
         if self._open is not None:
             self._open.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            if self._loop.time() >= self._deadline and not self.tracker.requests:
+        entry = self._deadline
+        if entry is not None:
+            entry[1] = None
+            self._deadline = None
+            if self._deadlines.passed(entry) and not self.tracker.requests:
                 self._events.handshake_timeout()  # aiohttp's own timer was as quick
         self._inner.connection_lost(exc)
 
@@ -259,11 +312,12 @@ class Gate(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _expired(self, transport: asyncio.Transport) -> None:
-        self._timer = None
-        if not self.tracker.requests:
+    def expired(self) -> None:
+        """Its deadline has come (:class:`Deadlines`) with no complete head."""
+        self._deadline = None
+        if not self.tracker.requests and self.transport is not None:
             self._events.handshake_timeout()
-            transport.abort()  # no TLS close_notify for a peer that sent nothing usable
+            self.transport.abort()  # no TLS close_notify for a peer that sent nothing usable
 
     def upgraded(self, too_big: Callable[[], None]) -> None:
         """The engine upgraded the connection (its frame parser is set); ``too_big`` is
@@ -371,12 +425,12 @@ async def listen(
     ``sockets`` (inherited from gunicorn's master), TLS if configured, each behind a
     Gate. Raises ListenError."""
     loop = asyncio.get_running_loop()
-    timeout = settings.handshake_timeout
+    deadlines = Deadlines(loop, settings.handshake_timeout)
     limit = settings.max_message_size
     gates = OpenGates()
 
     def gate() -> Gate:
-        return Gate(protocols(), loop, timeout, events, limit, gates)
+        return Gate(protocols(), deadlines, events, limit, gates)
 
     options: dict[str, Any] = {"backlog": BACKLOG}
     if settings.tls:

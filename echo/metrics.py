@@ -77,6 +77,12 @@ def code_label(code: int) -> str:
     return OTHER_CODE
 
 
+# The labels of the codes close frames usually carry, looked up rather than computed
+# (code_label gives the rest).
+_LABELS = {
+    code: code_label(code) for code in (0, *range(REGISTERED_CODES[0], REGISTERED_CODES[1] + 1))
+}
+
 _FIELDS = (
     "messages_in",
     "bytes_in",
@@ -119,11 +125,17 @@ class Metrics(Collector):
         """Fold a finished connection's counters into the totals and count its close
         codes (once per connection, so spelled out: a loop of getattr costs twice as
         much)."""
-        if conn.close_sent is not None:
-            self.sent_close(conn.close_sent)
-        if conn.close_received is not None:
-            self.received_close(conn.close_received)
+        code = conn.close_sent
+        if code is not None:
+            label = _LABELS.get(code) or code_label(code)
+            self.close_sent[label] = self.close_sent.get(label, 0) + 1
+        code = conn.close_received
+        if code is not None:
+            label = _LABELS.get(code) or code_label(code)
+            self.close_received[label] = self.close_received.get(label, 0) + 1
         traffic = conn
+        if not traffic.messages_in and not traffic.messages_out:
+            return  # no message, so no byte either: nothing to add
         closed = self.closed
         closed["messages_in"] += traffic.messages_in
         closed["bytes_in"] += traffic.bytes_in
@@ -136,14 +148,6 @@ class Metrics(Collector):
 
     def refusal(self, reason: str) -> None:
         self.refused[reason] += 1
-
-    def sent_close(self, code: int) -> None:
-        label = code_label(code)
-        self.close_sent[label] = self.close_sent.get(label, 0) + 1
-
-    def received_close(self, code: int) -> None:
-        label = code_label(code)
-        self.close_received[label] = self.close_received.get(label, 0) + 1
 
     # -- scrape -------------------------------------------------------------------------
 

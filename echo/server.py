@@ -145,9 +145,10 @@ class EchoServer:
         origin = origins[0] if origins else None
         if len(origins) > 1:
             return self.refuse(request, Refusal.DUPLICATE_ORIGIN, origin, admission.DUPLICATE)
-        why = self.origins.refusal(origin, lambda: self._page_origin(request))
-        if why is not None:
-            return self.refuse(request, Refusal.ORIGIN, origin, why)
+        if origin is not None or not self.origins.allow_missing:  # else admitted
+            why = self.origins.refusal(origin, lambda: self._page_origin(request))
+            if why is not None:
+                return self.refuse(request, Refusal.ORIGIN, origin, why)
         if self.readiness.draining:
             return self.refuse(request, Refusal.DRAINING, origin, "the server is shutting down")
         controls: Controls | None = None

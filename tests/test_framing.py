@@ -242,3 +242,40 @@ def test_a_huge_declared_length_costs_nothing() -> None:
     assert joined(tracker.feed(b"y" * 65536)) == b""
     assert tracker.too_big
     assert not tracker.violation
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        UPGRADE,
+        b"GET / HTTP/1.1\r\nconnection: keep-alive\r\nCONNECTION: Keep-Alive ,  UPGRADE\r\n"
+        b"upgrade:   WebSocket  \r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n" + UPGRADE,  # no fields at all, then the upgrade
+        b"\r\n\r\n" + UPGRADE,  # empty lines before the request line
+        b"GET / HTTP/1.1\r\nUpgrade : websocket\r\nConnection: upgrade\r\n\r\n",  # not a name
+        b"GET / HTTP/1.1\r\nX-Upgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: a\r\nUpgrade:websocket:x\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\n\r\nConnection: upgrade\r\n\r\n",  # bare LF
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc" + UPGRADE,
+        b"POST / HTTP/1.1\r\ncontent-LENGTH: 3\r\nContent-Length: 3\r\n\r\nabc" + UPGRADE,
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + UPGRADE,
+        b"CONNECT h:1 HTTP/1.1\r\n\r\n" + UPGRADE,
+        b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n" + UPGRADE,
+    ],
+)
+def test_a_head_whole_in_one_chunk_is_read_as_line_by_line(stream: bytes) -> None:
+    """A head that arrives whole is read in one pass (the common case, one search per
+    field name); dripped one byte at a time it is read line by line: same outcome."""
+    stream += encode_frame(OP_TEXT, b"x")
+    whole = StreamTracker()
+    passed_whole = joined(whole.feed(stream))
+    dripped = StreamTracker()
+    passed_dripped = b"".join(joined(dripped.feed(bytes([byte]))) for byte in stream)
+    assert (whole.phase, whole.requests, whole.holding, whole.lost) == (
+        dripped.phase,
+        dripped.requests,
+        dripped.holding,
+        dripped.lost,
+    )
+    assert passed_whole == passed_dripped
+    assert joined(whole.release()) == joined(dripped.release())

@@ -184,6 +184,49 @@ async def test_the_handshake_deadline_is_the_gates_whatever_aiohttp_arms(
         await runner.cleanup()
 
 
+async def test_each_connection_is_cut_at_its_own_deadline_on_the_shared_timer() -> None:
+    """The deadlines of a listener's connections share one timer (Deadlines): a
+    connection that comes later and sends nothing is still cut off at its own deadline,
+    not at the first one's nor never, and one that completed its head in between is
+    served on. aiohttp's own keep-alive timer is pushed out of the way, as above."""
+    timeout = 0.6
+    settings = replace(TEST_SETTINGS, engine=engine_under_test(), handshake_timeout=timeout)
+    app = create_app(settings)
+    options = {**runner_options(settings), "keepalive_timeout": 60.0}
+    engine = app[ENGINE_KEY]
+    runner = engine.runner(app, **options)
+    await runner.setup()
+    del options["shutdown_timeout"]
+    listeners = await listen(engine.protocols(runner, options), settings, app[SERVER_KEY])
+    port = listeners.addresses[0][1]
+    request = RawWebSocket.upgrade_request("127.0.0.1", port)
+
+    async def dripped() -> float:
+        """Seconds from connecting to being cut off, sending part of a head only."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        writer.write(request[:20])
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        return time.monotonic() - started
+
+    try:
+        first = asyncio.ensure_future(dripped())
+        await asyncio.sleep(0.25)
+        served = await RawWebSocket.connect("127.0.0.1", port)
+        second = asyncio.ensure_future(dripped())
+        took = await asyncio.gather(first, second)
+        await asyncio.sleep(timeout)  # past the served connection's deadline too
+        await served.send(OP_TEXT, b"still here")
+        assert (await served.recv_data()).payload == b"still here"
+        await served.aclose()
+        assert all(timeout - 0.1 < t < timeout + 1.0 for t in took), took
+        assert app[METRICS_KEY].refused["handshake_timeout"] == 2
+    finally:
+        listeners.close()
+        await runner.cleanup()
+
+
 # -- TLS -----------------------------------------------------------------------------
 
 

@@ -114,6 +114,8 @@ class Held:
 class ControlledSession(PlainSession):
     """A plain-engine session that applies its connection's test controls."""
 
+    inline_echo = False  # echo() below applies them
+
     def __init__(
         self,
         ws: PlainResponse,

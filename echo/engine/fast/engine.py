@@ -176,6 +176,7 @@ class FastEngine:
             autoclose=False,
             heartbeat=self.heartbeat,
             sizes=app.sizes,
+            frames=gate.tracker,
             compress=False,  # offers of compression go to the plain engine (plain_reason)
             # aiohttp refuses a frame of exactly max_msg_size bytes: serve_queue checks.
             max_msg_size=app.settings.max_message_size + 1,

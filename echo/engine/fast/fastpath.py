@@ -281,12 +281,13 @@ class EchoResponse(web.WebSocketResponse):
         conn: Connection,
         heartbeat: Heartbeat | None = None,
         sizes: Sizes | None = None,
+        frames: StreamTracker | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(heartbeat=None if heartbeat is None else heartbeat.interval, **kwargs)
         self._beats = heartbeat
         self._beat_slot = 0
-        self._frames: StreamTracker | None = None  # the gate's (echo.listeners)
+        self._frames = frames  # the gate's tracker (echo.listeners), found if not given
         self._sizes = sizes
         self._conn = conn
 
@@ -344,9 +345,10 @@ class EchoResponse(web.WebSocketResponse):
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
         )
-        gate = gate_of(request.transport)
-        if gate is not None:  # the fast engine serves only connections with a gate
-            self._frames = gate.tracker
+        if self._frames is None:  # not given by FastEngine.accept
+            gate = gate_of(request.transport)
+            self._frames = None if gate is None else gate.tracker
+        if self._frames is not None:  # the fast engine serves only connections with a gate
             self._frames.seen = True  # the handshake was the last sign of life
         request.protocol.set_parser(self._parser)
         request.protocol.keep_alive(False)
