@@ -257,10 +257,12 @@ class Gate(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._too_big = None
         self._lost = True
-        for timer in (self._closer, self._stall):
-            if timer is not None:
-                timer.cancel()
-        self._closer = self._stall = None
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if self._open is not None:
             self._open.discard(self)
         entry = self._deadline

@@ -74,6 +74,8 @@ READ_BUDGET = 128 * 1024
 def _unusual_method(data: bytes) -> bool:
     """Whether ``data``, a connection's first bytes, starts with a method token that is
     not one of the common methods."""
+    if data.startswith(b"GET "):  # every WebSocket upgrade
+        return False
     space = data.find(b" ", 0, 33)
     if space <= 0:
         return False
