@@ -328,7 +328,7 @@ class Gate(asyncio.Protocol):
         they cannot be checked: the connection is failed with 1002 at once."""
         tracker = self.tracker
         inner = self._inner
-        if not tracker.in_frames:
+        if tracker.phase != FRAMES and tracker.phase != STOPPED:  # not tracker.in_frames
             self.failure = "frames not locatable in the stream"
             tracker.phase = STOPPED
             inner.data_received(FAIL_FRAME)
@@ -339,10 +339,11 @@ class Gate(asyncio.Protocol):
         if self._paused:
             self._paused = False
             cast(asyncio.Transport, self.transport).resume_reading()
-        if tracker.violation:
+        if tracker.phase == STOPPED and not tracker.too_big:  # tracker.violation
             self.failure = UNMASKED
             inner.data_received(FAIL_FRAME)
-        elif tracker.too_big:
+            return
+        if tracker.too_big:
             too_big()
         else:
             self._too_big = too_big
@@ -373,8 +374,10 @@ class OpenGates:
         self.none.set()
 
     def add(self, gate: Gate) -> None:
-        self.gates.add(gate)
-        self.none.clear()
+        gates = self.gates
+        if not gates:  # Event.clear() is a Python call: only when it was set
+            self.none.clear()
+        gates.add(gate)
 
     def discard(self, gate: Gate) -> None:
         self.gates.discard(gate)

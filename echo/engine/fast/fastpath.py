@@ -441,8 +441,8 @@ class EchoResponse(web.WebSocketResponse):
         if self._reader.is_eof() and self._reader.exception() is None:
             self._reader.ended = None  # lost before it was detached: end it now
             ended()
-        elif self.pending:  # frames (or an error) that came with the upgrade request
-            wake()
+        elif self._reader._buffer or self._reader.exception() is not None:
+            wake()  # frames (or an error) that came with the upgrade request (pending)
 
     def answer_close(self, code: int) -> None:
         """Answer the peer's close frame at once, from the parser's callback.
