@@ -30,7 +30,7 @@ import asyncio
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
@@ -45,11 +45,12 @@ class _NoDelayFromListener(BaseProtocol):
     so RequestHandler's ``super().connection_made`` lands here."""
 
     __slots__ = ()
+    _manager: Any  # RequestHandler's (typing.cast would be a Python call per connection)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        manager = cast(EchoRequestHandler, self)._manager
+        manager = self._manager
         if isinstance(manager, EchoHTTPServer) and manager.listener_nodelay:
-            self.transport = cast(asyncio.Transport, transport)
+            self.transport = transport  # type: ignore[assignment]  # a stream's: a Transport
         else:
             super().connection_made(transport)
 
