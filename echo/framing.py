@@ -111,12 +111,17 @@ class StreamTracker:
         self._left = 0  # body, chunk or CRLF bytes still to skip
         self._skip = 0  # frames: bytes of the current frame (mask, payload) still to come
         self._head = b""  # frames: the start of a frame header cut by the end of a chunk
-        self._new_head()
-
-    def _new_head(self) -> None:
+        # What _new_head() sets, without its call (once per connection).
         self._method: bytes | None = None
         self._lengths: list[bytes] = []
         self._chunked: list[bytes] = []
+        self._upgrade = False
+        self._websocket = False
+
+    def _new_head(self) -> None:
+        self._method = None
+        self._lengths = []
+        self._chunked = []
         self._upgrade = False  # a Connection header with the upgrade token
         self._websocket = False  # an Upgrade: websocket header
 
@@ -259,9 +264,12 @@ class StreamTracker:
             at = lowered.find(b"\r\nconnection:", first)
             while at >= 0:
                 end = lowered.find(b"\r\n", at + 13)
-                upgrade = upgrade or b"upgrade" in [
-                    t.strip() for t in lowered[at + 13 : end].split(b",")
-                ]
+                value = lowered[at + 13 : end].strip()
+                upgrade = (
+                    upgrade
+                    or value == b"upgrade"  # as most clients send it: no list to split
+                    or b"upgrade" in [t.strip() for t in value.split(b",")]
+                )
                 at = lowered.find(b"\r\nconnection:", end)
             at = lowered.find(b"\r\nupgrade:", first)
             while at >= 0:
@@ -269,7 +277,7 @@ class StreamTracker:
                 websocket = websocket or lowered[at + 10 : end].strip() == b"websocket"
                 at = lowered.find(b"\r\nupgrade:", end)
             self.requests += 1
-            if head[:first].split(b" ", 1)[0] == b"CONNECT":
+            if head.startswith(b"CONNECT") and head[:first].split(b" ", 1)[0] == b"CONNECT":
                 self.phase = LOST
             else:
                 self.phase = FRAMES if upgrade and websocket else _HEAD

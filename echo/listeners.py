@@ -257,10 +257,12 @@ class Gate(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._too_big = None
         self._lost = True
-        for timer in (self._closer, self._stall):
-            if timer is not None:
-                timer.cancel()
-        self._closer = self._stall = None
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if self._open is not None:
             self._open.discard(self)
         entry = self._deadline
@@ -326,7 +328,7 @@ class Gate(asyncio.Protocol):
         they cannot be checked: the connection is failed with 1002 at once."""
         tracker = self.tracker
         inner = self._inner
-        if not tracker.in_frames:
+        if tracker.phase != FRAMES and tracker.phase != STOPPED:  # not tracker.in_frames
             self.failure = "frames not locatable in the stream"
             tracker.phase = STOPPED
             inner.data_received(FAIL_FRAME)
@@ -337,10 +339,11 @@ class Gate(asyncio.Protocol):
         if self._paused:
             self._paused = False
             cast(asyncio.Transport, self.transport).resume_reading()
-        if tracker.violation:
+        if tracker.phase == STOPPED and not tracker.too_big:  # tracker.violation
             self.failure = UNMASKED
             inner.data_received(FAIL_FRAME)
-        elif tracker.too_big:
+            return
+        if tracker.too_big:
             too_big()
         else:
             self._too_big = too_big
@@ -371,8 +374,10 @@ class OpenGates:
         self.none.set()
 
     def add(self, gate: Gate) -> None:
-        self.gates.add(gate)
-        self.none.clear()
+        gates = self.gates
+        if not gates:  # Event.clear() is a Python call: only when it was set
+            self.none.clear()
+        gates.add(gate)
 
     def discard(self, gate: Gate) -> None:
         self.gates.discard(gate)

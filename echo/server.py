@@ -277,7 +277,8 @@ class EchoServer:
             all_ended.set_result(None)
         if self.metrics is not None:
             self.metrics.connection_closed(conn)
-        self._log_closed(conn)
+        if log.isEnabledFor(logging.INFO):  # spare building the event per connection
+            self._log_closed(conn)
         self.limiter.release(conn.remote)
 
     def peer_error(self, conn: Connection, what: str) -> None:
@@ -325,8 +326,6 @@ class EchoServer:
         sent one; ``sent`` and ``received`` are each side's (1005: a frame without a
         code; - or null: none).
         """
-        if not log.isEnabledFor(logging.INFO):  # spare building the event per connection
-            return
         code = conn.close_code if conn.close_code is not None else ABNORMAL_CLOSURE
         duration = time.monotonic() - conn.opened
         # The test controls it asked for, percent-encoded (echo.controls): plain ASCII.

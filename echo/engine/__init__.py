@@ -204,9 +204,8 @@ def plain_reason(request: web.Request, conn: Connection, settings: ServerSetting
 def subprotocols(request: web.BaseRequest, settings: ServerSettings) -> tuple[str, ...]:
     """The ``protocols`` both engines give aiohttp's WebSocketResponse: the one the
     upgrade selects under SUBPROTOCOLS (echo.protocol.select_subprotocol), or none."""
-    return select_subprotocol(
-        request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL), settings.subprotocols
-    )
+    offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
+    return () if offered is None else select_subprotocol(offered, settings.subprotocols)
 
 
 class EngineUnavailable(RuntimeError):

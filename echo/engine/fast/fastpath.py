@@ -340,7 +340,8 @@ class EchoResponse(web.WebSocketResponse):
             self._beat_slot = self._beats.add(self)
         loop = self._loop
         assert loop is not None
-        queue = EchoQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
+        connection = request.protocol  # a property: read once
+        queue = EchoQueue(connection, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
         self._reader = queue
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
@@ -350,11 +351,11 @@ class EchoResponse(web.WebSocketResponse):
             self._frames = None if gate is None else gate.tracker
         if self._frames is not None:  # the fast engine serves only connections with a gate
             self._frames.seen = True  # the handshake was the last sign of life
-        request.protocol.set_parser(self._parser)
-        request.protocol.keep_alive(False)
+        connection.set_parser(self._parser)
+        connection.keep_alive(False)
         # The HTTP parser is never used again once the frame parser is set (aiohttp
         # checks for None); dropping it frees about 1 KiB per idle connection.
-        request.protocol._parser = None
+        connection._parser = None
 
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
@@ -441,8 +442,8 @@ class EchoResponse(web.WebSocketResponse):
         if self._reader.is_eof() and self._reader.exception() is None:
             self._reader.ended = None  # lost before it was detached: end it now
             ended()
-        elif self.pending:  # frames (or an error) that came with the upgrade request
-            wake()
+        elif self._reader._buffer or self._reader.exception() is not None:
+            wake()  # frames (or an error) that came with the upgrade request (pending)
 
     def answer_close(self, code: int) -> None:
         """Answer the peer's close frame at once, from the parser's callback.

@@ -30,7 +30,7 @@ import asyncio
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
@@ -45,11 +45,12 @@ class _NoDelayFromListener(BaseProtocol):
     so RequestHandler's ``super().connection_made`` lands here."""
 
     __slots__ = ()
+    _manager: Any  # RequestHandler's (typing.cast would be a Python call per connection)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        manager = cast(EchoRequestHandler, self)._manager
+        manager = self._manager
         if isinstance(manager, EchoHTTPServer) and manager.listener_nodelay:
-            self.transport = cast(asyncio.Transport, transport)
+            self.transport = transport  # type: ignore[assignment]  # a stream's: a Transport
         else:
             super().connection_made(transport)
 
@@ -74,6 +75,8 @@ READ_BUDGET = 128 * 1024
 def _unusual_method(data: bytes) -> bool:
     """Whether ``data``, a connection's first bytes, starts with a method token that is
     not one of the common methods."""
+    if data.startswith(b"GET "):  # every WebSocket upgrade
+        return False
     space = data.find(b" ", 0, 33)
     if space <= 0:
         return False
