@@ -8,10 +8,12 @@ tests/test_framing.py; here it is the whole path, over real loopback sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import aiohttp
 import aiohttp.base_protocol
 import aiohttp.tcp_helpers
 import pytest
+from aiohttp import web
 
 from echo.engine import ENGINE_KEY
 from echo.listeners import listen, runner_options
@@ -152,13 +155,16 @@ async def test_keep_alive_requests_before_the_upgrade_are_followed(
             assert (await ws.receive(timeout=5)).data == "after keep-alive"
 
 
-async def test_the_handshake_deadline_is_the_gates_whatever_aiohttp_arms(
-    start_app: ServerFactory,
-) -> None:
-    """aiohttp 3.14.4-3.14.5 arm their keep-alive timer at accept, 3.14.0-3.14.3 and 3.15
-    do not: with aiohttp's timer pushed out of the way, a dripped upgrade is still cut
-    off at HANDSHAKE_TIMEOUT, and counted once."""
-    settings = replace(TEST_SETTINGS, engine=engine_under_test(), handshake_timeout=0.4)
+@contextlib.asynccontextmanager
+async def deadline_only_from_the_gate(
+    handshake_timeout: float,
+) -> AsyncIterator[tuple[web.Application, int]]:
+    """The app behind our listeners on a free loopback port, with aiohttp's own
+    keep-alive timer pushed out of the way (60 s): any handshake deadline is the
+    gate's. Yields the app and the port."""
+    settings = replace(
+        TEST_SETTINGS, engine=engine_under_test(), handshake_timeout=handshake_timeout
+    )
     app = create_app(settings)
     options = {**runner_options(settings), "keepalive_timeout": 60.0}
     engine = app[ENGINE_KEY]
@@ -166,8 +172,20 @@ async def test_the_handshake_deadline_is_the_gates_whatever_aiohttp_arms(
     await runner.setup()
     del options["shutdown_timeout"]
     listeners = await listen(engine.protocols(runner, options), settings, app[SERVER_KEY])
-    port = listeners.addresses[0][1]
     try:
+        yield app, listeners.addresses[0][1]
+    finally:
+        listeners.close()
+        await runner.cleanup()
+
+
+async def test_the_handshake_deadline_is_the_gates_whatever_aiohttp_arms(
+    start_app: ServerFactory,
+) -> None:
+    """aiohttp 3.14.4-3.14.5 arm their keep-alive timer at accept, 3.14.0-3.14.3 and 3.15
+    do not: with aiohttp's timer pushed out of the way, a dripped upgrade is still cut
+    off at HANDSHAKE_TIMEOUT, and counted once."""
+    async with deadline_only_from_the_gate(0.4) as (app, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         started = time.monotonic()
         request = RawWebSocket.upgrade_request("127.0.0.1", port)
@@ -179,9 +197,6 @@ async def test_the_handshake_deadline_is_the_gates_whatever_aiohttp_arms(
         assert 0.3 < took < 2.0, took
         refused = app[METRICS_KEY].refused
         assert refused["handshake_timeout"] == 1
-    finally:
-        listeners.close()
-        await runner.cleanup()
 
 
 async def test_each_connection_is_cut_at_its_own_deadline_on_the_shared_timer() -> None:
@@ -190,31 +205,21 @@ async def test_each_connection_is_cut_at_its_own_deadline_on_the_shared_timer() 
     not at the first one's nor never, and one that completed its head in between is
     served on. aiohttp's own keep-alive timer is pushed out of the way, as above."""
     timeout = 0.6
-    settings = replace(TEST_SETTINGS, engine=engine_under_test(), handshake_timeout=timeout)
-    app = create_app(settings)
-    options = {**runner_options(settings), "keepalive_timeout": 60.0}
-    engine = app[ENGINE_KEY]
-    runner = engine.runner(app, **options)
-    await runner.setup()
-    del options["shutdown_timeout"]
-    listeners = await listen(engine.protocols(runner, options), settings, app[SERVER_KEY])
-    port = listeners.addresses[0][1]
-    request = RawWebSocket.upgrade_request("127.0.0.1", port)
 
-    async def dripped() -> float:
+    async def dripped(port: int) -> float:
         """Seconds from connecting to being cut off, sending part of a head only."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         started = time.monotonic()
-        writer.write(request[:20])
+        writer.write(RawWebSocket.upgrade_request("127.0.0.1", port)[:20])
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
         return time.monotonic() - started
 
-    try:
-        first = asyncio.ensure_future(dripped())
+    async with deadline_only_from_the_gate(timeout) as (app, port):
+        first = asyncio.ensure_future(dripped(port))
         await asyncio.sleep(0.25)
         served = await RawWebSocket.connect("127.0.0.1", port)
-        second = asyncio.ensure_future(dripped())
+        second = asyncio.ensure_future(dripped(port))
         took = await asyncio.gather(first, second)
         await asyncio.sleep(timeout)  # past the served connection's deadline too
         await served.send(OP_TEXT, b"still here")
@@ -222,9 +227,6 @@ async def test_each_connection_is_cut_at_its_own_deadline_on_the_shared_timer() 
         await served.aclose()
         assert all(timeout - 0.1 < t < timeout + 1.0 for t in took), took
         assert app[METRICS_KEY].refused["handshake_timeout"] == 2
-    finally:
-        listeners.close()
-        await runner.cleanup()
 
 
 # -- TLS -----------------------------------------------------------------------------
