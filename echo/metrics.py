@@ -83,6 +83,13 @@ _LABELS = {
     code: code_label(code) for code in (0, *range(REGISTERED_CODES[0], REGISTERED_CODES[1] + 1))
 }
 
+
+def _count_code(counts: dict[str, int], code: int) -> None:
+    """Count a close code under its label (:func:`code_label`)."""
+    label = _LABELS.get(code) or code_label(code)
+    counts[label] = counts.get(label, 0) + 1
+
+
 _FIELDS = (
     "messages_in",
     "bytes_in",
@@ -125,14 +132,10 @@ class Metrics(Collector):
         """Fold a finished connection's counters into the totals and count its close
         codes (once per connection, so spelled out: a loop of getattr costs twice as
         much)."""
-        code = conn.close_sent
-        if code is not None:
-            label = _LABELS.get(code) or code_label(code)
-            self.close_sent[label] = self.close_sent.get(label, 0) + 1
-        code = conn.close_received
-        if code is not None:
-            label = _LABELS.get(code) or code_label(code)
-            self.close_received[label] = self.close_received.get(label, 0) + 1
+        if conn.close_sent is not None:
+            _count_code(self.close_sent, conn.close_sent)
+        if conn.close_received is not None:
+            _count_code(self.close_received, conn.close_received)
         traffic = conn
         if not traffic.messages_in and not traffic.messages_out:
             return  # no message, so no byte either: nothing to add

@@ -178,6 +178,7 @@ class PlainSession:
         receive = ws.receive
         send_frame = ws.send_frame
         take = self.take
+        sent = self.sent
         # Without controls a message is echoed here, without the coroutines of echo(),
         # received() and send() (a fifth of the plain engine's time per message).
         inline = self.inline_echo
@@ -207,12 +208,7 @@ class PlainSession:
                         await self.shut(*self.broken)
                         return
                     await send_frame(payload, kind)
-                    conn = self.conn
-                    conn.messages_out += 1
-                    conn.bytes_out += len(payload)
-                    if kind is binary and self.counts_binary:
-                        conn.binary_out += 1
-                        conn.binary_bytes_out += len(payload)
+                    sent(kind, len(payload))
                 except asyncio.CancelledError:
                     if not self._asked_to_close():
                         raise
