@@ -202,22 +202,31 @@ def test_client_over_wss_survives_a_server_kill_and_loses_nothing(
     client.assert_no_leaks_reported()
 
 
-async def test_client_waits_for_the_tls_shutdown_of_each_connection(
-    server_process: ServerStarter, pki: Pki
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_client_waits_for_the_tls_shutdown_of_each_connection(
+    server_process: ServerStarter, pki: Pki, loop: str
 ) -> None:
     # aiohttp forgets a transport once it has closed it; a TLS one is still exchanging
     # close_notify then, and would be leaked if the client's event loop ended first.
+    # The client runs on uvloop (echo.eventloop), whose TLS transport is no
+    # asyncio.Transport: both loops are checked.
+    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else None
     server = start_tls_server(server_process, pki)
     settings = fast_settings(f"wss://127.0.0.1:{server.port}/", ca_file=str(pki.ca))
-    dialer = Dialer(settings)
-    async with dialer.session() as session:
-        link = await dialer.connect(session)
-        watch = link._transport
-        assert watch is not None, "the trace hook saw no transport under the WebSocket"
-        assert not watch.closed
-        await link.close()
-        assert watch.closed  # the socket is gone: close_notify exchanged, or aborted
-        assert watch.transport.is_closing()
+
+    async def connect_and_close() -> None:
+        dialer = Dialer(settings)
+        async with dialer.session() as session:
+            link = await dialer.connect(session)
+            watch = link._transport
+            assert watch is not None, "the trace hook saw no transport under the WebSocket"
+            assert not watch.closed
+            await link.close()
+            assert watch.closed  # the socket is gone: close_notify exchanged, or aborted
+            assert watch.transport.is_closing()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(connect_and_close())
 
 
 async def test_sigterm_closes_wss_connections_with_1001_and_exits_0(

@@ -169,7 +169,8 @@ async def _on_request_end(
     exchange.status, exchange.reason = response.status, response.reason or ""
     exchange.response = _decode(response.raw_headers)
     connection = response.connection
-    if connection is not None and isinstance(connection.transport, asyncio.Transport):
+    if connection is not None and connection.transport is not None:
+        # Not an asyncio.Transport subclass on every loop: uvloop's TLS transport is not.
         exchange.transport = connection.transport
     if response.status != 101:
         # The refusal's reason; bounded in size here and in time by the handshake's limit.
