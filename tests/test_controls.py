@@ -720,3 +720,22 @@ async def test_a_drop_to_a_peer_that_never_reads_is_bounded(start_app: ServerFac
     await wait_until(lambda: echo.limiter.open == 0, timeout=20)
     assert time.monotonic() - started <= 0.5 + CLOSE_TIMEOUT + 3
     peer.abort()
+
+
+async def test_heartbeat_off_still_ends_a_peer_that_stops_reading(
+    start_app: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A flood whose echoes are never read: without the heartbeat's pong timeout only the
+    # bound on the wait to send ends it, and it must not wait past the silence limit.
+    caplog.set_level("INFO", logger="echo.server")
+    big = 16 << 20  # more than the socket buffers of both ends can take
+    server = await start_app(silence_limit=0.6, max_message_size=big)
+    peer = await raw(server, "heartbeat=off")
+    started = time.monotonic()
+    await peer.send(OP_BINARY, bytes(big))  # and never reads
+    line = await server_log_line(caplog, "close id=")
+    assert time.monotonic() - started >= 0.5  # the silence limit, not sooner
+    assert "code=1006" in line, line
+    assert "controls=heartbeat=off" in line
+    await wait_until(lambda: not controlled_sessions(server))
+    peer.writer.transport.abort()

@@ -26,16 +26,20 @@ Nothing waits without a bound:
   FIN; see echo.fragments) written to the transport in chunks of about 64 KiB, each
   after the transport has drained; compression is not offered on such connections;
 - a drop (``drop_after``) closes the transport once what was sent has gone out, and
-  aborts it if that has not happened within CLOSE_TIMEOUT.
+  aborts it if that has not happened within CLOSE_TIMEOUT;
+- with ``heartbeat=off`` no pong timeout ends a peer that stops reading while the
+  server waits to send; each wait to send is bounded by the silence limit instead
+  (:meth:`ControlledSession.bounded`), past which the connection is dropped (1006).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -133,6 +137,8 @@ class ControlledSession(PlainSession):
         self.sending = asyncio.Lock()  # data frames never interleave (fragments)
         self.tasks: list[asyncio.Task[None]] = []
         self.held: Held | None = None
+        # heartbeat=off: nothing else ends a peer that stopped reading while we send.
+        self.send_limit = None if controls.heartbeat else app.settings.silence_limit
         if controls.holds:
             limit = max(app.settings.max_message_size, HELD_BYTES)
             self.held = Held(HELD_MESSAGES, limit)
@@ -187,10 +193,10 @@ class ControlledSession(PlainSession):
     async def send(self, kind: WSMsgType, data: bytes | str, payload: bytes) -> None:
         size = self.controls.fragment
         if size is None or len(payload) <= size:
-            async with self.sending:
+            async with self.sending, self.bounded():
                 await super().send(kind, data, payload)
             return
-        async with self.sending:
+        async with self.sending, self.bounded():
             transport = self.writer.transport
             for chunk in fragment_frames(payload, int(kind), size):
                 if self.ws.closed or transport is None or transport.is_closing():
@@ -224,10 +230,26 @@ class ControlledSession(PlainSession):
 
     async def send_data(self, kind: WSMsgType, payload: bytes) -> None:
         """A message of the server's own (info, pushes), after the transport drained."""
-        async with self.sending:
+        async with self.sending, self.bounded():
             await self.writer.drain()
             await self.ws.send_frame(payload, kind)
             self.sent(kind, len(payload))
+
+    @contextlib.asynccontextmanager
+    async def bounded(self) -> AsyncIterator[None]:
+        """A wait to send, within ``send_limit`` if there is one; past it the peer has
+        read nothing for that long: the connection is dropped (the peer sees 1006)."""
+        if self.send_limit is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self.send_limit):
+                yield
+        except TimeoutError:
+            transport = self.ws.echo_transport
+            if transport is not None:
+                transport.abort()
+            raise ConnectionResetError("the peer read nothing within the silence limit") from None
 
     async def release_held(self) -> None:
         """Send each held echo at its time, in arrival order."""
@@ -262,7 +284,8 @@ class ControlledSession(PlainSession):
         sequence = 0
         while not self.ws.closed:
             await asyncio.sleep(every)
-            await self.writer.drain()
+            async with self.bounded():
+                await self.writer.drain()
             sequence += 1
             await self.ws.ping(b"%d" % sequence)
 
