@@ -408,7 +408,8 @@ async def response_headers(request: web.Request, response: web.StreamResponse) -
     No Python or aiohttp version in ``Server`` (aiohttp sets ``Python/3.x aiohttp/3.y``
     unless the header is there when the response is prepared, which is when this runs).
     A 101 carries only the handshake's headers: no Server, no Date (optional on 1xx,
-    RFC 9110 6.6.1); the fast engine adds neither, the plain one's are taken off here.
+    RFC 9110 6.6.1); the fast engine adds neither and sends its 101 without this hook
+    (EchoResponse._start), the plain one's are taken off here.
     A request that asked for a WebSocket and was answered otherwise ends its
     connection: what the client sent after it may be frames, never HTTP (echo.framing).
     """

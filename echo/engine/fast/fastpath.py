@@ -333,6 +333,21 @@ class EchoResponse(web.WebSocketResponse):
         """
         self._keep_alive = False
 
+    async def _start(self, request: Any) -> Any:
+        """The 101 goes out as aiohttp's ``StreamResponse._start`` sends it, without
+        the ``on_response_prepare`` hooks: the application's (echo.server's
+        ``response_headers``) only takes Server and Date off a 101, which this
+        response never adds (:meth:`_prepare_headers`). Spares about ten Python calls
+        per handshake (the signal, the hook, its header look-ups)."""
+        self._req = request
+        writer = self._payload_writer = request._payload_writer
+        self._keep_alive = False
+        version = request.version
+        status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"
+        await writer.write_headers(status_line, self._headers)
+        writer.send_headers()
+        return writer
+
     def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
         self._ws_protocol = protocol
         self._writer = writer
