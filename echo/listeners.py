@@ -210,7 +210,7 @@ class Gate(asyncio.Protocol):
         self._too_big: Callable[[], None] | None = None
         self.transport: asyncio.Transport | None = None
         self._paused = False  # reading paused while too much is held
-        self.tracker = StreamTracker(limit)
+        self.tracker = StreamTracker(limit, lazy=True)
         self.failure: str | None = None  # why FAIL_FRAME was passed on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -328,6 +328,7 @@ class Gate(asyncio.Protocol):
         they cannot be checked: the connection is failed with 1002 at once."""
         tracker = self.tracker
         inner = self._inner
+        tracker.upgraded()
         if tracker.phase != FRAMES and tracker.phase != STOPPED:  # not tracker.in_frames
             self.failure = "frames not locatable in the stream"
             tracker.phase = STOPPED
