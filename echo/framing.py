@@ -47,12 +47,13 @@ returns ``data`` itself when all of it passes, else the list of pieces that do.
 
 With ``lazy=True`` (the gate's tracker) a chunk that is exactly one whole head, the
 way clients send an upgrade request, is only counted (:attr:`requests`); what it asks
-for is read when that matters: when the next chunk comes, or at :meth:`upgraded`,
+for is read when that matters: when the next chunk comes, or at :meth:`release`,
 when the server has upgraded the connection. Then nothing came after the head, and
 the server upgrades only a head that asks for a WebSocket, so the frames begin right
-after it unless the head could announce a body or is CONNECT: :meth:`upgraded` looks
+after it unless the head could announce a body or is CONNECT: :meth:`release` looks
 for those two in one search (and reads the head as ever if it finds any hint of
-them). Reading every such head in full was about 4% of a handshake's instructions.
+them), before it releases what was held. Reading every such head in full was about
+4% of a handshake's instructions.
 """
 
 from __future__ import annotations
@@ -284,20 +285,6 @@ class StreamTracker:
         self.requests -= 1  # counted again by _whole_head
         self._whole_head(head)
 
-    def upgraded(self) -> None:
-        """The server has upgraded the connection. A head only counted so far (lazy)
-        is the one upgraded, with nothing after it yet: the frames begin next, unless it
-        may announce a body or is CONNECT, when it is read as ever (see the module)."""
-        head = self._pending
-        if head is None:
-            return
-        if head.startswith(b"CONNECT") or _BODY_HINT.search(head) is not None:
-            self._read_pending()
-        else:
-            self._pending = None
-            self.phase = FRAMES
-            self.holding = True
-
     def _whole_head(self, head: bytes) -> None:
         """A complete head without its empty line (every line ends with CRLF), as
         :meth:`_head_line` would take it line by line."""
@@ -383,8 +370,20 @@ class StreamTracker:
         return []
 
     def release(self) -> list[bytes]:
-        """The connection is upgraded: what was held, in order, to pass on now. The
-        HTTP state is never used again: it goes (memory of every idle WebSocket)."""
+        """The connection is upgraded: what was held, in order, to pass on now (if the
+        frames begin where it was upgraded: :attr:`in_frames`). The HTTP state is never
+        used again: it goes (memory of every idle WebSocket).
+
+        A head only counted so far (lazy) is the one upgraded, with nothing after it
+        yet: the frames begin next, unless it may announce a body or is CONNECT, when
+        it is read as ever (see the module)."""
+        head = self._pending
+        if head is not None:
+            if head.startswith(b"CONNECT") or _BODY_HINT.search(head) is not None:
+                self._read_pending()
+            else:
+                self._pending = None
+                self.phase = FRAMES
         held = self.held
         self.holding = False
         self.held = self._lengths = self._chunked = _NOTHING

@@ -328,13 +328,13 @@ class Gate(asyncio.Protocol):
         they cannot be checked: the connection is failed with 1002 at once."""
         tracker = self.tracker
         inner = self._inner
-        tracker.upgraded()
+        held = tracker.release()  # what came with or after the upgrade request
         if tracker.phase != FRAMES and tracker.phase != STOPPED:  # not tracker.in_frames
             self.failure = "frames not locatable in the stream"
             tracker.phase = STOPPED
             inner.data_received(FAIL_FRAME)
             return
-        for piece in tracker.release():  # what came with or after the upgrade request
+        for piece in held:
             if piece:
                 inner.data_received(piece)
         if self._paused:

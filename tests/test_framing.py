@@ -303,9 +303,8 @@ def test_a_lazy_tracker_takes_the_frames_to_begin_after_the_head_the_server_upgr
     tracker = StreamTracker(lazy=True)
     assert tracker.feed(UPGRADE) == UPGRADE
     assert tracker.requests == 1
-    tracker.upgraded()
-    assert tracker.in_frames
     assert joined(tracker.release()) == b""
+    assert tracker.in_frames
     good = encode_frame(OP_TEXT, b"hi")
     assert joined(tracker.feed(good + encode_frame(OP_TEXT, b"no", mask=False))) == good
     assert tracker.violation
@@ -326,6 +325,6 @@ def test_a_lazy_tracker_reads_an_upgraded_head_that_may_announce_a_body(head: by
     gate fails the upgraded connection (frames not locatable)."""
     tracker = StreamTracker(lazy=True)
     tracker.feed(head)
-    tracker.upgraded()
+    tracker.release()
     assert not tracker.in_frames
     assert tracker.requests == 1
