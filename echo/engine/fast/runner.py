@@ -75,8 +75,6 @@ READ_BUDGET = 128 * 1024
 def _unusual_method(data: bytes) -> bool:
     """Whether ``data``, a connection's first bytes, starts with a method token that is
     not one of the common methods."""
-    if data.startswith(b"GET "):  # every WebSocket upgrade
-        return False
     space = data.find(b" ", 0, 33)
     if space <= 0:
         return False
@@ -141,7 +139,7 @@ class EchoRequestHandler(ErrorPages, _NoDelayFromListener):
         if self._messages is not _DETACHED:
             if self._first_data:
                 self._first_data = False
-                if _unusual_method(data):
+                if not data.startswith(b"GET ") and _unusual_method(data):
                     self._parse_in_python()
             super().data_received(data)
         elif data and self._payload_parser is not None:
