@@ -145,8 +145,10 @@ class EchoServer:
         origin = origins[0] if origins else None
         if len(origins) > 1:
             return self.refuse(request, Refusal.DUPLICATE_ORIGIN, origin, admission.DUPLICATE)
-        if origin is not None or not self.origins.allow_missing:  # else admitted
-            why = self.origins.refusal(origin, lambda: self._page_origin(request))
+        policy = self.origins
+        # Admitted by the settings alone (a missing Origin, ALLOWED_ORIGINS=*): no call.
+        if not (policy.allow_missing if origin is None else policy.any_origin):
+            why = policy.refusal(origin, lambda: self._page_origin(request))
             if why is not None:
                 return self.refuse(request, Refusal.ORIGIN, origin, why)
         if self.readiness.draining:
@@ -173,7 +175,8 @@ class EchoServer:
             # No body has a meaning on a WebSocket handshake (a GET), and the bytes after
             # it could be neither HTTP nor frames (echo.framing).
             raise web.HTTPBadRequest(text="a WebSocket upgrade request has no body\n")
-        request = without_invalid_offers(request)
+        if hdrs.SEC_WEBSOCKET_EXTENSIONS in request.headers:  # offers to check
+            request = without_invalid_offers(request)
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
