@@ -88,10 +88,7 @@ class EchoRequestHandler(ErrorPages, _NoDelayFromListener):
     that quote nothing of the request (echo.httperrors)."""
 
     __slots__ = ("_first_data", "_on_writable", "_unyielded")
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._first_data = True
-        super().connection_made(transport)
+    _first_data: bool  # set by EchoHTTPServer.__call__ (no __init__ call of our own)
 
     def detach(self) -> None:
         """Keep the upgraded connection open and fed after the handler returns.
@@ -206,7 +203,9 @@ class EchoHTTPServer(web.Server):
         super().connection_lost(handler, exc)
 
     def __call__(self) -> RequestHandler:
-        return EchoRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = EchoRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler._first_data = True
+        return handler
 
 
 class EchoRunner(web.AppRunner):
