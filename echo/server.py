@@ -109,17 +109,15 @@ class EchoServer:
             if settings.metrics
             else None
         )
+        # The message-size histogram the engines count in (None without metrics); an
+        # attribute, not a property: read once per connection.
+        self.sizes: Sizes | None = self.metrics
         self.info = InfoBuilder(
             Instance.here(settings.instance_name, settings.workers), self.client_address
         )
         self.control_rules = ControlRules(
             settings.controls, settings.max_message_size, settings.push_max_rate
         )
-
-    @property
-    def sizes(self) -> Sizes | None:
-        """The message-size histogram the engines count in (None without metrics)."""
-        return self.metrics
 
     # -- HTTP routes ------------------------------------------------------------------
 
