@@ -265,31 +265,58 @@ class UpgradedRequest:
 class EchoResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds an :class:`EchoQueue`.
 
-    ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class.
-    ``heartbeat`` (or None) is the shared timer of echo.engine.fast.heartbeat that pings
-    it when silent; ``sizes`` (or None, without metrics) the message-size histogram its
-    queue counts in; ``conn`` the record where :meth:`close` notes the close codes.
+    ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class. Made by
+    :meth:`serving`, not by calling the class.
     """
 
     # Slots, not instance attributes: past aiohttp's own attributes, an instance dict
     # stops sharing keys and grows by about 1.5 KiB per connection.
     __slots__ = ("_beat_slot", "_beats", "_conn", "_frames", "_sizes")
+    _beats: Heartbeat | None
+    _beat_slot: int
+    _frames: StreamTracker | None
+    _sizes: Sizes | None
+    _conn: Connection
 
-    def __init__(
-        self,
+    @classmethod
+    def serving(
+        cls,
         *,
         conn: Connection,
-        heartbeat: Heartbeat | None = None,
-        sizes: Sizes | None = None,
-        frames: StreamTracker | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(heartbeat=None if heartbeat is None else heartbeat.interval, **kwargs)
-        self._beats = heartbeat
-        self._beat_slot = 0
-        self._frames = frames  # the gate's tracker (echo.listeners), found if not given
-        self._sizes = sizes
-        self._conn = conn
+        heartbeat: Heartbeat | None,
+        sizes: Sizes | None,
+        frames: StreamTracker | None,
+        protocols: tuple[str, ...],
+        max_msg_size: int,
+        timeout: float,
+    ) -> EchoResponse:
+        """The response for ``conn``, the record where :meth:`close` notes the close
+        codes. ``heartbeat`` (or None) is the shared timer of echo.engine.fast.heartbeat
+        that pings it when silent; ``sizes`` (or None, without metrics) the
+        message-size histogram its queue counts in; ``frames`` the gate's tracker
+        (echo.listeners), found if not given. The fast path answers pings itself
+        (autoping), closes as the engine says (no autoclose), never compresses (offers
+        go to the plain engine) and checks text itself (no decoding).
+
+        No ``__init__`` of its own: one between the caller and aiohttp's, passing the
+        keywords on, cost about 1 us per handshake (a dict of them made twice).
+        """
+        ws = cls(
+            protocols=protocols,
+            autoping=True,
+            autoclose=False,
+            heartbeat=None if heartbeat is None else heartbeat.interval,
+            compress=False,
+            max_msg_size=max_msg_size,
+            decode_text=False,
+            timeout=timeout,
+        )
+        ws._beats = heartbeat
+        ws._beat_slot = 0
+        ws._frames = frames
+        ws._sizes = sizes
+        ws._conn = conn
+        return ws
 
     # The heartbeat is echo.engine.fast.heartbeat's shared timer, not one aiohttp timer per
     # connection, and incoming data is noticed by the gate's ``seen`` flag, not
