@@ -117,7 +117,7 @@ class StreamTracker:
         "too_big",
     )
 
-    def __init__(self, limit: int = 0, *, lazy: bool = False) -> None:
+    def __init__(self, limit: int = 0, lazy: bool = False) -> None:
         self.limit = limit  # bytes a data message may have (0: no limit)
         self.lazy = lazy  # see the module
         self._pending: bytes | None = None  # a whole head not read yet (lazy)

@@ -211,7 +211,7 @@ class Gate(asyncio.Protocol):
         self._too_big: Callable[[], None] | None = None
         self.transport: asyncio.Transport | None = None
         self._paused = False  # reading paused while too much is held
-        self.tracker = StreamTracker(limit, lazy=True)
+        self.tracker = StreamTracker(limit, True)  # lazy (a keyword costs a dict per call)
         self.failure: str | None = None  # why FAIL_FRAME was passed on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -89,7 +89,7 @@ class EchoQueue(WebSocketDataQueue):
         "write_frame",
     )
 
-    def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
+    def __init__(self, protocol: Any, limit: int, loop: Any, response: EchoResponse) -> None:
         super().__init__(protocol, limit, loop=loop)
         writer = response._writer
         assert writer is not None
@@ -383,7 +383,7 @@ class EchoResponse(web.WebSocketResponse):
         loop = self._loop
         assert loop is not None
         connection = request.protocol  # a property: read once
-        queue = EchoQueue(connection, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
+        queue = EchoQueue(connection, DEFAULT_CHUNK_SIZE, loop, self)  # no keywords: no dict
         self._reader = queue
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
