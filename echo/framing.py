@@ -45,8 +45,10 @@ A frame header cut by the end of a chunk is held back until it is complete, so t
 aiohttp never sees part of a frame that stops the stream. :meth:`StreamTracker.feed`
 returns ``data`` itself when all of it passes, else the list of pieces that do.
 
-With ``lazy=True`` (the gate's tracker) a chunk that is exactly one whole head, the
-way clients send an upgrade request, is only counted (:attr:`requests`); what it asks
+With ``lazy=True`` (the gate's tracker) a chunk that is exactly one whole head of at
+most LAZY_HEAD bytes, the way clients send an upgrade request, is only counted
+(:attr:`requests`) and kept (so an idle keep-alive HTTP connection keeps at most that
+much until its next request, or its keep-alive timeout); what it asks
 for is read when that matters: when the next chunk comes, or at :meth:`release`,
 when the server has upgraded the connection. Then nothing came after the head, and
 the server upgrades only a head that asks for a WebSocket, so the frames begin right
@@ -73,6 +75,7 @@ STOPPED = 8  # after an unmasked frame: nothing passes
 _NOTHING: list[bytes] = []  # shared by upgraded connections (never appended to)
 _NO_LINE = bytearray()  # likewise
 MAX_LINE = 65_536  # longer head or chunk lines are not followed (aiohttp's limit is 8190)
+LAZY_HEAD = 4096  # a longer whole head is read at once, even by a lazy tracker
 _CRLF = b"\r\n"
 # The header lines the tracker reads, and how each begins in a lower-cased head (a
 # field's name is what precedes its line's first colon). Values are only compared in
@@ -184,7 +187,7 @@ class StreamTracker:
             and data.find(b"\r\n\r\n") == len(data) - 4
             and not data.startswith(b"\r\n")
         ):  # a chunk that is one whole head (an upgrade request as clients send it)
-            if self.lazy:
+            if self.lazy and len(data) <= LAZY_HEAD:
                 self._pending = data[:-2]
                 self.requests += 1
             else:

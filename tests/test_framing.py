@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from echo.framing import StreamTracker
+from echo.framing import LAZY_HEAD, StreamTracker
 from tests.wsraw import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, encode_frame
 
 UPGRADE = (
@@ -328,3 +328,16 @@ def test_a_lazy_tracker_reads_an_upgraded_head_that_may_announce_a_body(head: by
     tracker.release()
     assert not tracker.in_frames
     assert tracker.requests == 1
+
+
+def test_a_lazy_tracker_reads_a_long_head_at_once() -> None:
+    """A whole head longer than LAZY_HEAD is not kept until the next chunk: read at
+    once, as without ``lazy``."""
+    head = UPGRADE[:-2] + b"X-Long: " + b"a" * LAZY_HEAD + b"\r\n\r\n"
+    tracker = StreamTracker(lazy=True)
+    assert tracker.feed(head) == head
+    assert tracker.in_frames
+    short = StreamTracker(lazy=True)
+    short.feed(UPGRADE)
+    assert not short.in_frames  # only counted, until release() or the next chunk
+    assert short.requests == 1
