@@ -44,9 +44,23 @@ read):
 A frame header cut by the end of a chunk is held back until it is complete, so that
 aiohttp never sees part of a frame that stops the stream. :meth:`StreamTracker.feed`
 returns ``data`` itself when all of it passes, else the list of pieces that do.
+
+With ``lazy=True`` (the gate's tracker) a chunk that is exactly one whole head of at
+most LAZY_HEAD bytes, the way clients send an upgrade request, is only counted
+(:attr:`requests`) and kept (so an idle keep-alive HTTP connection keeps at most that
+much until its next request, or its keep-alive timeout); what it asks
+for is read when that matters: when the next chunk comes, or at :meth:`release`,
+when the server has upgraded the connection. Then nothing came after the head, and
+the server upgrades only a head that asks for a WebSocket, so the frames begin right
+after it unless the head could announce a body or is CONNECT: :meth:`release` looks
+for those two in one search (and reads the head as ever if it finds any hint of
+them), before it releases what was held. Reading every such head in full was about
+4% of a handshake's instructions.
 """
 
 from __future__ import annotations
+
+import re
 
 _HEAD = 0  # reading a request head, line by line
 _BODY = 1  # skipping ``_left`` bytes of a Content-Length body
@@ -61,6 +75,7 @@ STOPPED = 8  # after an unmasked frame: nothing passes
 _NOTHING: list[bytes] = []  # shared by upgraded connections (never appended to)
 _NO_LINE = bytearray()  # likewise
 MAX_LINE = 65_536  # longer head or chunk lines are not followed (aiohttp's limit is 8190)
+LAZY_HEAD = 4096  # a longer whole head is read at once, even by a lazy tracker
 _CRLF = b"\r\n"
 # The header lines the tracker reads, and how each begins in a lower-cased head (a
 # field's name is what precedes its line's first colon). Values are only compared in
@@ -69,6 +84,11 @@ _FIELDS = tuple(
     (name, b"\r\n" + name + b":")
     for name in (b"content-length", b"transfer-encoding", b"connection", b"upgrade")
 )
+
+
+# Any header line whose name starts like one that frames a body: a superset of what
+# _whole_head reads as Content-Length or Transfer-Encoding.
+_BODY_HINT = re.compile(rb"\r\n(?:content-length|transfer-encoding)", re.IGNORECASE)
 
 
 class StreamTracker:
@@ -85,12 +105,14 @@ class StreamTracker:
         "_lengths",
         "_line",
         "_method",
+        "_pending",
         "_skip",
         "_upgrade",
         "_websocket",
         "held",
         "held_bytes",
         "holding",
+        "lazy",
         "limit",
         "phase",
         "requests",
@@ -98,8 +120,10 @@ class StreamTracker:
         "too_big",
     )
 
-    def __init__(self, limit: int = 0) -> None:
+    def __init__(self, limit: int = 0, lazy: bool = False) -> None:
         self.limit = limit  # bytes a data message may have (0: no limit)
+        self.lazy = lazy  # see the module
+        self._pending: bytes | None = None  # a whole head not read yet (lazy)
         self.too_big = False
         self.holding = False  # frames before the upgrade are held until release()
         self.held: list[bytes] = []
@@ -144,6 +168,8 @@ class StreamTracker:
         """Follow ``data``; return what may be passed on: ``data`` itself, or the
         pieces of it (and of held-back headers) that pass (none once stopped)."""
         self.seen = True
+        if self._pending is not None:
+            self._read_pending()
         phase = self.phase
         if phase == FRAMES:
             if self.holding:
@@ -161,7 +187,11 @@ class StreamTracker:
             and data.find(b"\r\n\r\n") == len(data) - 4
             and not data.startswith(b"\r\n")
         ):  # a chunk that is one whole head (an upgrade request as clients send it)
-            self._whole_head(data[:-2])
+            if self.lazy and len(data) <= LAZY_HEAD:
+                self._pending = data[:-2]
+                self.requests += 1
+            else:
+                self._whole_head(data[:-2])
             return data
         return self._http(data)
 
@@ -250,6 +280,14 @@ class StreamTracker:
             return
         self._head_done()
 
+    def _read_pending(self) -> None:
+        """Read the head :meth:`feed` only counted (lazy), as it would have read it."""
+        head = self._pending
+        assert head is not None
+        self._pending = None
+        self.requests -= 1  # counted again by _whole_head
+        self._whole_head(head)
+
     def _whole_head(self, head: bytes) -> None:
         """A complete head without its empty line (every line ends with CRLF), as
         :meth:`_head_line` would take it line by line."""
@@ -335,8 +373,20 @@ class StreamTracker:
         return []
 
     def release(self) -> list[bytes]:
-        """The connection is upgraded: what was held, in order, to pass on now. The
-        HTTP state is never used again: it goes (memory of every idle WebSocket)."""
+        """The connection is upgraded: what was held, in order, to pass on now (if the
+        frames begin where it was upgraded: :attr:`in_frames`). The HTTP state is never
+        used again: it goes (memory of every idle WebSocket).
+
+        A head only counted so far (lazy) is the one upgraded, with nothing after it
+        yet: the frames begin next, unless it may announce a body or is CONNECT, when
+        it is read as ever (see the module)."""
+        head = self._pending
+        if head is not None:
+            if head.startswith(b"CONNECT") or _BODY_HINT.search(head) is not None:
+                self._read_pending()
+            else:
+                self._pending = None
+                self.phase = FRAMES
         held = self.held
         self.holding = False
         self.held = self._lengths = self._chunked = _NOTHING

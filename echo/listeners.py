@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -192,13 +193,13 @@ class Gate(asyncio.Protocol):
 
     def __init__(
         self,
-        inner: asyncio.Protocol,
+        protocols: Callable[[], asyncio.Protocol],
         deadlines: Deadlines,
         events: ListenerEvents,
         limit: int,
         open_gates: OpenGates | None = None,
     ) -> None:
-        self._inner = inner
+        self._inner = protocols()  # the connection protocol it stands in front of
         self._open = open_gates
         self._loop = deadlines.loop
         self._deadlines = deadlines
@@ -210,13 +211,13 @@ class Gate(asyncio.Protocol):
         self._too_big: Callable[[], None] | None = None
         self.transport: asyncio.Transport | None = None
         self._paused = False  # reading paused while too much is held
-        self.tracker = StreamTracker(limit)
+        self.tracker = StreamTracker(limit, True)  # lazy (a keyword costs a dict per call)
         self.failure: str | None = None  # why FAIL_FRAME was passed on
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a Transport: a stream's
         if self._open is not None:
-            self._open.add(self)
+            self._open.gates.add(self)
         self._deadline = self._deadlines.add(self)
         self._inner.connection_made(transport)
 
@@ -328,12 +329,13 @@ class Gate(asyncio.Protocol):
         they cannot be checked: the connection is failed with 1002 at once."""
         tracker = self.tracker
         inner = self._inner
+        held = tracker.release()  # what came with or after the upgrade request
         if tracker.phase != FRAMES and tracker.phase != STOPPED:  # not tracker.in_frames
             self.failure = "frames not locatable in the stream"
             tracker.phase = STOPPED
             inner.data_received(FAIL_FRAME)
             return
-        for piece in tracker.release():  # what came with or after the upgrade request
+        for piece in held:
             if piece:
                 inner.data_received(piece)
         if self._paused:
@@ -370,19 +372,25 @@ class OpenGates:
 
     def __init__(self) -> None:
         self.gates: set[Gate] = set()
-        self.none = asyncio.Event()  # set while there are none
-        self.none.set()
-
-    def add(self, gate: Gate) -> None:
-        gates = self.gates
-        if not gates:  # Event.clear() is a Python call: only when it was set
-            self.none.clear()
-        gates.add(gate)
+        # Set once there are none, while wait_none() waits (an Event set and cleared
+        # as the set empties and fills was two Python calls per connection when
+        # connections come one at a time).
+        self._none: asyncio.Future[None] | None = None
 
     def discard(self, gate: Gate) -> None:
-        self.gates.discard(gate)
-        if not self.gates:
-            self.none.set()
+        gates = self.gates
+        gates.discard(gate)
+        if not gates and self._none is not None and not self._none.done():
+            self._none.set_result(None)
+
+    async def wait_none(self) -> None:
+        """Return once there are no gates."""
+        if self.gates:
+            self._none = asyncio.get_running_loop().create_future()
+            try:
+                await self._none
+            finally:
+                self._none = None
 
 
 class Listeners:
@@ -412,7 +420,7 @@ class Listeners:
         end, then abort them, so that none is left open when the event loop ends."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                await self.open.none.wait()
+                await self.open.wait_none()
         for gate in list(self.open.gates):
             if gate.transport is not None:
                 gate.transport.abort()
@@ -434,8 +442,7 @@ async def listen(
     limit = settings.max_message_size
     gates = OpenGates()
 
-    def gate() -> Gate:
-        return Gate(protocols(), deadlines, events, limit, gates)
+    gate = functools.partial(Gate, protocols, deadlines, events, limit, gates)
 
     options: dict[str, Any] = {"backlog": BACKLOG}
     if settings.tls:

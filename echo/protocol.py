@@ -34,6 +34,8 @@ def close_reply(code: int) -> int:
     """The code to answer a peer's close frame with: echo a valid code, 1002 otherwise."""
     if code == NO_STATUS:
         return NORMAL_CLOSURE
+    if code in _SENDABLE_BELOW_3000:  # the usual codes, without a call
+        return code
     return code if is_valid_close_code(code) else PROTOCOL_ERROR
 
 

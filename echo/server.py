@@ -109,17 +109,15 @@ class EchoServer:
             if settings.metrics
             else None
         )
+        # The message-size histogram the engines count in (None without metrics); an
+        # attribute, not a property: read once per connection.
+        self.sizes: Sizes | None = self.metrics
         self.info = InfoBuilder(
             Instance.here(settings.instance_name, settings.workers), self.client_address
         )
         self.control_rules = ControlRules(
             settings.controls, settings.max_message_size, settings.push_max_rate
         )
-
-    @property
-    def sizes(self) -> Sizes | None:
-        """The message-size histogram the engines count in (None without metrics)."""
-        return self.metrics
 
     # -- HTTP routes ------------------------------------------------------------------
 
@@ -145,8 +143,10 @@ class EchoServer:
         origin = origins[0] if origins else None
         if len(origins) > 1:
             return self.refuse(request, Refusal.DUPLICATE_ORIGIN, origin, admission.DUPLICATE)
-        if origin is not None or not self.origins.allow_missing:  # else admitted
-            why = self.origins.refusal(origin, lambda: self._page_origin(request))
+        policy = self.origins
+        # Admitted by the settings alone (a missing Origin, ALLOWED_ORIGINS=*): no call.
+        if not (policy.allow_missing if origin is None else policy.any_origin):
+            why = policy.refusal(origin, lambda: self._page_origin(request))
             if why is not None:
                 return self.refuse(request, Refusal.ORIGIN, origin, why)
         if self.readiness.draining:
@@ -173,7 +173,8 @@ class EchoServer:
             # No body has a meaning on a WebSocket handshake (a GET), and the bytes after
             # it could be neither HTTP nor frames (echo.framing).
             raise web.HTTPBadRequest(text="a WebSocket upgrade request has no body\n")
-        request = without_invalid_offers(request)
+        if hdrs.SEC_WEBSOCKET_EXTENSIONS in request.headers:  # offers to check
+            request = without_invalid_offers(request)
         remote = self.client_address(request)
         refusal = self.limiter.try_acquire(remote)
         if refusal is not None:
@@ -408,7 +409,8 @@ async def response_headers(request: web.Request, response: web.StreamResponse) -
     No Python or aiohttp version in ``Server`` (aiohttp sets ``Python/3.x aiohttp/3.y``
     unless the header is there when the response is prepared, which is when this runs).
     A 101 carries only the handshake's headers: no Server, no Date (optional on 1xx,
-    RFC 9110 6.6.1); the fast engine adds neither, the plain one's are taken off here.
+    RFC 9110 6.6.1); the fast engine adds neither and sends its 101 without this hook
+    (EchoResponse._start), the plain one's are taken off here.
     A request that asked for a WebSocket and was answered otherwise ends its
     connection: what the client sent after it may be frames, never HTTP (echo.framing).
     """

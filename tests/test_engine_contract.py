@@ -158,6 +158,35 @@ def test_prepare_headers_runs_before_the_response_hooks_and_the_head_is_written(
 
 
 @fast_only
+def test_start_is_where_the_head_is_written_and_the_hooks_run() -> None:
+    """EchoResponse overrides StreamResponse._start(request) to write the 101 without
+    the on_response_prepare hooks: prepare() must call it, and it must do no more than
+    take the request's payload writer, prepare the headers, run the hooks and write
+    the head (status line and headers through the writer, sent at once)."""
+    import inspect
+
+    from aiohttp.http_writer import StreamWriter
+
+    assert "return await self._start(request)" in inspect.getsource(web.StreamResponse.prepare)
+    start = inspect.getsource(web.StreamResponse._start)
+    body = [line.strip() for line in start.splitlines()[1:] if line.strip()]
+    assert body == [
+        "self._req = request",
+        "writer = self._payload_writer = request._payload_writer",
+        "await self._prepare_headers()",
+        "await request._prepare_hook(self)",
+        "await self._write_headers()",
+        "return writer",
+    ]
+    write = inspect.getsource(web.StreamResponse._write_headers)
+    assert 'status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"' in write
+    assert "await writer.write_headers(status_line, self._headers)" in write
+    assert "writer.send_headers()" in write
+    assert web.WebSocketResponse()._send_headers_immediately
+    assert "send_headers" in StreamWriter.__dict__
+
+
+@fast_only
 def test_the_connection_protocol_has_the_state_detaching_sets() -> None:
     """EchoRequestHandler.detach sets ``_force_close`` (so the connection task does not
     close the transport after the handler) and swaps ``_messages``; data_received feeds

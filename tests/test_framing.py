@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from echo.framing import StreamTracker
+from echo.framing import LAZY_HEAD, StreamTracker
 from tests.wsraw import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, encode_frame
 
 UPGRADE = (
@@ -244,25 +244,25 @@ def test_a_huge_declared_length_costs_nothing() -> None:
     assert not tracker.violation
 
 
-@pytest.mark.parametrize(
-    "stream",
-    [
-        UPGRADE,
-        b"GET / HTTP/1.1\r\nconnection: keep-alive\r\nCONNECTION: Keep-Alive ,  UPGRADE\r\n"
-        b"upgrade:   WebSocket  \r\n\r\n",
-        b"GET / HTTP/1.1\r\n\r\n" + UPGRADE,  # no fields at all, then the upgrade
-        b"\r\n\r\n" + UPGRADE,  # empty lines before the request line
-        b"GET / HTTP/1.1\r\nUpgrade : websocket\r\nConnection: upgrade\r\n\r\n",  # not a name
-        b"GET / HTTP/1.1\r\nX-Upgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-        b"GET / HTTP/1.1\r\nX: a\r\nUpgrade:websocket:x\r\nConnection: upgrade\r\n\r\n",
-        b"GET / HTTP/1.1\r\nUpgrade: websocket\n\r\nConnection: upgrade\r\n\r\n",  # bare LF
-        b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc" + UPGRADE,
-        b"POST / HTTP/1.1\r\ncontent-LENGTH: 3\r\nContent-Length: 3\r\n\r\nabc" + UPGRADE,
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + UPGRADE,
-        b"CONNECT h:1 HTTP/1.1\r\n\r\n" + UPGRADE,
-        b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n" + UPGRADE,
-    ],
-)
+WHOLE_HEADS = [
+    UPGRADE,
+    b"GET / HTTP/1.1\r\nconnection: keep-alive\r\nCONNECTION: Keep-Alive ,  UPGRADE\r\n"
+    b"upgrade:   WebSocket  \r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n" + UPGRADE,  # no fields at all, then the upgrade
+    b"\r\n\r\n" + UPGRADE,  # empty lines before the request line
+    b"GET / HTTP/1.1\r\nUpgrade : websocket\r\nConnection: upgrade\r\n\r\n",  # not a name
+    b"GET / HTTP/1.1\r\nX-Upgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\r\nUpgrade:websocket:x\r\nConnection: upgrade\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUpgrade: websocket\n\r\nConnection: upgrade\r\n\r\n",  # bare LF
+    b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc" + UPGRADE,
+    b"POST / HTTP/1.1\r\ncontent-LENGTH: 3\r\nContent-Length: 3\r\n\r\nabc" + UPGRADE,
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + UPGRADE,
+    b"CONNECT h:1 HTTP/1.1\r\n\r\n" + UPGRADE,
+    b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n" + UPGRADE,
+]
+
+
+@pytest.mark.parametrize("stream", WHOLE_HEADS)
 def test_a_head_whole_in_one_chunk_is_read_as_line_by_line(stream: bytes) -> None:
     """A head that arrives whole is read in one pass (the common case, one search per
     field name); dripped one byte at a time it is read line by line: same outcome."""
@@ -279,3 +279,65 @@ def test_a_head_whole_in_one_chunk_is_read_as_line_by_line(stream: bytes) -> Non
     )
     assert passed_whole == passed_dripped
     assert joined(whole.release()) == joined(dripped.release())
+
+
+@pytest.mark.parametrize("stream", WHOLE_HEADS)
+def test_a_lazy_tracker_reads_a_head_it_only_counted_when_the_next_chunk_comes(
+    stream: bytes,
+) -> None:
+    """The gate's tracker (lazy) only counts a chunk that is one whole head; the next
+    chunk has it read first: the same outcome as reading it at once."""
+    stream += encode_frame(OP_TEXT, b"x") + encode_frame(OP_TEXT, b"y", mask=False)
+    end = stream.find(b"\r\n\r\n") + 4
+    trackers = StreamTracker(), StreamTracker(lazy=True)
+    outcomes: list[tuple[object, ...]] = []
+    for tracker in trackers:
+        passed = joined(tracker.feed(stream[:end]))
+        passed += joined(tracker.feed(stream[end:]))
+        outcomes.append((passed, tracker.phase, tracker.requests, tracker.holding))
+        outcomes.append((joined(tracker.release()), tracker.violation))
+    assert outcomes[:2] == outcomes[2:]
+
+
+def test_a_lazy_tracker_takes_the_frames_to_begin_after_the_head_the_server_upgraded() -> None:
+    tracker = StreamTracker(lazy=True)
+    assert tracker.feed(UPGRADE) == UPGRADE
+    assert tracker.requests == 1
+    assert joined(tracker.release()) == b""
+    assert tracker.in_frames
+    good = encode_frame(OP_TEXT, b"hi")
+    assert joined(tracker.feed(good + encode_frame(OP_TEXT, b"no", mask=False))) == good
+    assert tracker.violation
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+        b"TRANSFER-encoding: chunked\r\n\r\n",
+        b"CONNECT h:1 HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    ],
+    ids=["content-length", "transfer-encoding", "connect"],
+)
+def test_a_lazy_tracker_reads_an_upgraded_head_that_may_announce_a_body(head: bytes) -> None:
+    """What follows such a head is not where frames begin: the head is read, and the
+    gate fails the upgraded connection (frames not locatable)."""
+    tracker = StreamTracker(lazy=True)
+    tracker.feed(head)
+    tracker.release()
+    assert not tracker.in_frames
+    assert tracker.requests == 1
+
+
+def test_a_lazy_tracker_reads_a_long_head_at_once() -> None:
+    """A whole head longer than LAZY_HEAD is not kept until the next chunk: read at
+    once, as without ``lazy``."""
+    head = UPGRADE[:-2] + b"X-Long: " + b"a" * LAZY_HEAD + b"\r\n\r\n"
+    tracker = StreamTracker(lazy=True)
+    assert tracker.feed(head) == head
+    assert tracker.in_frames
+    short = StreamTracker(lazy=True)
+    short.feed(UPGRADE)
+    assert not short.in_frames  # only counted, until release() or the next chunk
+    assert short.requests == 1

@@ -16,6 +16,7 @@ from aiohttp.web_protocol import RequestHandler
 _NEEDED: tuple[tuple[object, str], ...] = (
     (web.WebSocketResponse, "_post_start"),
     (web.WebSocketResponse, "_prepare_headers"),
+    (web.WebSocketResponse, "_start"),
     (web.WebSocketResponse, "_send_heartbeat"),
     (web.WebSocketResponse, "_pong_not_received"),
     (web.WebSocketResponse, "_set_closing"),

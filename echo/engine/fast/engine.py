@@ -169,18 +169,14 @@ class FastEngine:
             or not isinstance(request.protocol, EchoRequestHandler)  # cannot detach
         ):
             return await self.plain.accept(request, conn, app)
-        ws = EchoResponse(
+        ws = EchoResponse.serving(
             conn=conn,
-            protocols=subprotocols(request, app.settings),
-            autoping=True,
-            autoclose=False,
             heartbeat=self.heartbeat,
             sizes=app.sizes,
             frames=gate.tracker,
-            compress=False,  # offers of compression go to the plain engine (plain_reason)
+            protocols=subprotocols(request, app.settings),
             # aiohttp refuses a frame of exactly max_msg_size bytes: serve_queue checks.
             max_msg_size=app.settings.max_message_size + 1,
-            decode_text=False,
             timeout=CLOSE_TIMEOUT,
         )
         await ws.prepare(request)

@@ -89,7 +89,7 @@ class EchoQueue(WebSocketDataQueue):
         "write_frame",
     )
 
-    def __init__(self, protocol: Any, limit: int, *, loop: Any, response: EchoResponse) -> None:
+    def __init__(self, protocol: Any, limit: int, loop: Any, response: EchoResponse) -> None:
         super().__init__(protocol, limit, loop=loop)
         writer = response._writer
         assert writer is not None
@@ -265,31 +265,58 @@ class UpgradedRequest:
 class EchoResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse whose parser feeds an :class:`EchoQueue`.
 
-    ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class.
-    ``heartbeat`` (or None) is the shared timer of echo.engine.fast.heartbeat that pings
-    it when silent; ``sizes`` (or None, without metrics) the message-size histogram its
-    queue counts in; ``conn`` the record where :meth:`close` notes the close codes.
+    ``_post_start`` mirrors aiohttp's own (aiohttp 3.14), with our queue class. Made by
+    :meth:`serving`, not by calling the class.
     """
 
     # Slots, not instance attributes: past aiohttp's own attributes, an instance dict
     # stops sharing keys and grows by about 1.5 KiB per connection.
     __slots__ = ("_beat_slot", "_beats", "_conn", "_frames", "_sizes")
+    _beats: Heartbeat | None
+    _beat_slot: int
+    _frames: StreamTracker | None
+    _sizes: Sizes | None
+    _conn: Connection
 
-    def __init__(
-        self,
+    @classmethod
+    def serving(
+        cls,
         *,
         conn: Connection,
-        heartbeat: Heartbeat | None = None,
-        sizes: Sizes | None = None,
-        frames: StreamTracker | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(heartbeat=None if heartbeat is None else heartbeat.interval, **kwargs)
-        self._beats = heartbeat
-        self._beat_slot = 0
-        self._frames = frames  # the gate's tracker (echo.listeners), found if not given
-        self._sizes = sizes
-        self._conn = conn
+        heartbeat: Heartbeat | None,
+        sizes: Sizes | None,
+        frames: StreamTracker | None,
+        protocols: tuple[str, ...],
+        max_msg_size: int,
+        timeout: float,
+    ) -> EchoResponse:
+        """The response for ``conn``, the record where :meth:`close` notes the close
+        codes. ``heartbeat`` (or None) is the shared timer of echo.engine.fast.heartbeat
+        that pings it when silent; ``sizes`` (or None, without metrics) the
+        message-size histogram its queue counts in; ``frames`` the gate's tracker
+        (echo.listeners), found if not given. The fast path answers pings itself
+        (autoping), closes as the engine says (no autoclose), never compresses (offers
+        go to the plain engine) and checks text itself (no decoding).
+
+        No ``__init__`` of its own: one between the caller and aiohttp's, passing the
+        keywords on, cost about 1 us per handshake (a dict of them made twice).
+        """
+        ws = cls(
+            protocols=protocols,
+            autoping=True,
+            autoclose=False,
+            heartbeat=None if heartbeat is None else heartbeat.interval,
+            compress=False,
+            max_msg_size=max_msg_size,
+            decode_text=False,
+            timeout=timeout,
+        )
+        ws._beats = heartbeat
+        ws._beat_slot = 0
+        ws._frames = frames
+        ws._sizes = sizes
+        ws._conn = conn
+        return ws
 
     # The heartbeat is echo.engine.fast.heartbeat's shared timer, not one aiohttp timer per
     # connection, and incoming data is noticed by the gate's ``seen`` flag, not
@@ -333,6 +360,21 @@ class EchoResponse(web.WebSocketResponse):
         """
         self._keep_alive = False
 
+    async def _start(self, request: Any) -> Any:
+        """The 101 goes out as aiohttp's ``StreamResponse._start`` sends it, without
+        the ``on_response_prepare`` hooks: the application's (echo.server's
+        ``response_headers``) only takes Server and Date off a 101, which this
+        response never adds (:meth:`_prepare_headers`). Spares about ten Python calls
+        per handshake (the signal, the hook, its header look-ups)."""
+        self._req = request
+        writer = self._payload_writer = request._payload_writer
+        self._keep_alive = False
+        version = request.version
+        status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"
+        await writer.write_headers(status_line, self._headers)
+        writer.send_headers()
+        return writer
+
     def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
         self._ws_protocol = protocol
         self._writer = writer
@@ -341,7 +383,7 @@ class EchoResponse(web.WebSocketResponse):
         loop = self._loop
         assert loop is not None
         connection = request.protocol  # a property: read once
-        queue = EchoQueue(connection, DEFAULT_CHUNK_SIZE, loop=loop, response=self)
+        queue = EchoQueue(connection, DEFAULT_CHUNK_SIZE, loop, self)  # no keywords: no dict
         self._reader = queue
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text

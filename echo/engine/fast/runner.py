@@ -75,8 +75,6 @@ READ_BUDGET = 128 * 1024
 def _unusual_method(data: bytes) -> bool:
     """Whether ``data``, a connection's first bytes, starts with a method token that is
     not one of the common methods."""
-    if data.startswith(b"GET "):  # every WebSocket upgrade
-        return False
     space = data.find(b" ", 0, 33)
     if space <= 0:
         return False
@@ -90,10 +88,7 @@ class EchoRequestHandler(ErrorPages, _NoDelayFromListener):
     that quote nothing of the request (echo.httperrors)."""
 
     __slots__ = ("_first_data", "_on_writable", "_unyielded")
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._first_data = True
-        super().connection_made(transport)
+    _first_data: bool  # set by EchoHTTPServer.__call__ (no __init__ call of our own)
 
     def detach(self) -> None:
         """Keep the upgraded connection open and fed after the handler returns.
@@ -141,7 +136,7 @@ class EchoRequestHandler(ErrorPages, _NoDelayFromListener):
         if self._messages is not _DETACHED:
             if self._first_data:
                 self._first_data = False
-                if _unusual_method(data):
+                if not data.startswith(b"GET ") and _unusual_method(data):
                     self._parse_in_python()
             super().data_received(data)
         elif data and self._payload_parser is not None:
@@ -208,7 +203,9 @@ class EchoHTTPServer(web.Server):
         super().connection_lost(handler, exc)
 
     def __call__(self) -> RequestHandler:
-        return EchoRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = EchoRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler._first_data = True
+        return handler
 
 
 class EchoRunner(web.AppRunner):
