@@ -125,10 +125,18 @@ def test_make_help_lists_the_targets_from_their_comments() -> None:
     assert "  make start " in result.stdout
 
 
-def test_make_dev_with_a_busy_port_fails_with_one_line(checkout: Path) -> None:
-    port = free_port()
-    while port_in_use(port + 1):  # the port after a free one may be taken
+def dev_port() -> int:
+    """A free port whose next one, adev's live reload (PORT+1), is free too: on a shared
+    machine the port after a free one may be taken."""
+    for _ in range(50):
         port = free_port()
+        if port_in_use(port + 1) is None:
+            return port
+    raise AssertionError("no free port with a free port after it in 50 tries")
+
+
+def test_make_dev_with_a_busy_port_fails_with_one_line(checkout: Path) -> None:
+    port = dev_port()
     with socket_on(port + 1):
         result = subprocess.run(
             ["make", "-s", *NO_INSTALL, "dev"],
@@ -156,7 +164,7 @@ def socket_on(port: int) -> Iterator[None]:
 
 
 def test_make_dev_serves_and_ctrl_c_exits_quietly(checkout: Path) -> None:
-    port = free_port()
+    port = dev_port()
     log_path = checkout / "dev.log"
     dev = start_make("dev", checkout, log_path, clean_env(PORT=str(port)))
     try:
@@ -199,7 +207,7 @@ def test_ctrl_c_at_any_moment_of_the_start_up_exits_quietly(checkout: Path, targ
     a SIGINT to either then was a KeyboardInterrupt traceback. A few moments, from the
     first one echo.dev takes Ctrl-C in to after the start-up."""
     for delay in (0.0, 0.2, 0.5, 1.0, 2.0):
-        port = free_port()
+        port = dev_port()
         log_path = checkout / f"{target}-{delay}.log"
         env = clean_env(PORT=str(port), WS_URL=f"ws://127.0.0.1:{port}/")
         proc = start_make(target, checkout, log_path, env)
