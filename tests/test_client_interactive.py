@@ -154,7 +154,8 @@ async def test_a_hostile_server_cannot_drive_the_terminal(
     # reverse the rest of the line.
     await ws.send_str("\x1b[2J\x1b[Hgone\x1b]0;pwned\x07\r\n> fake\u202eesrever")
     await ws.send_bytes(b"\x1b[2J" * 100)
-    screen = await asyncio.to_thread(term.wait_for, rf"^{T} < binary 400 B: 1b 5b 32 4a")
+    # The binary line, then the prompt redrawn under it (a moment later: wait for both).
+    screen = await asyncio.to_thread(term.wait_for, rf"^{T} < binary 400 B: 1b 5b 32 4a.*\n>\s*\Z")
     assert "* ws://127.0.0.1" in screen, "the banner was not cleared away"
     shown = re.search(rf"^{T} < text \d+ B: (.*)$", screen, re.MULTILINE)
     assert shown is not None, screen

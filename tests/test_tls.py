@@ -23,7 +23,7 @@ from echo.tls import client_context
 from harness.frames import OP_CLOSE, close_payload, encode_frame, upgrade_request
 from tests.client_support import ClientProcess, fast_client_env, fast_settings, parse_summary
 from tests.support import ServerProcess, clean_env, run_server_briefly, seconds_until_cut_off
-from tests.tls_support import Pki, make_pki, start_tls_server, wait_tls_ready
+from tests.tls_support import Pki, let_tls_close, make_pki, start_tls_server, wait_tls_ready
 
 ServerStarter = Callable[..., ServerProcess]
 
@@ -67,6 +67,7 @@ async def test_page_and_same_origin_rule_use_https(server_process: ServerStarter
                 f"wss://127.0.0.1:{port}/", origin=f"http://127.0.0.1:{port}", ssl=context
             )
         assert refused.value.status == 403
+    await let_tls_close()  # aiohttp's client closes TLS connections in the background
 
 
 def test_client_without_the_ca_exits_1_with_one_clear_line(
